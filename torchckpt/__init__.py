@@ -1,0 +1,53 @@
+"""torchckpt: PyTorch-native checkpointing in TensorFlow's checkpoint format.
+
+The public API is what ``__all__`` lists; the layer packages (``format``,
+``graph``, ``adapters``) are internal, with no stability guarantee.
+
+Names are imported from their modules on first use (PEP 562), so that
+``import torchckpt.format`` stays free of torch and ``import torchckpt`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (CheckpointNotFoundError, ChecksumMismatchError, CorruptCheckpointError,
+                     KeyNotFoundError, MismatchError, TorchckptError, UnmatchedError,
+                     UnsupportedFormatError, UntrackableError)
+
+# Public name -> the module (relative to this package) that defines it.
+_LAZY: dict[str, str] = {
+    # reader side, like tf.train.load_checkpoint & co.
+    "CheckpointReader": "reader",
+    "latest_checkpoint": "reader",
+    "list_variables": "reader",
+    "load_checkpoint": "reader",
+    "load_variable": "reader",
+}
+
+if TYPE_CHECKING:
+    from .reader import (CheckpointReader, latest_checkpoint, list_variables, load_checkpoint,
+                         load_variable)
+
+__all__ = [
+    # reader
+    "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
+    # errors
+    "TorchckptError", "CorruptCheckpointError", "ChecksumMismatchError", "UnsupportedFormatError",
+    "CheckpointNotFoundError", "KeyNotFoundError", "MismatchError", "UntrackableError",
+    "UnmatchedError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

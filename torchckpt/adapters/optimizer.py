@@ -1,0 +1,138 @@
+"""``torch.optim.Optimizer``: per-parameter state as TF slot variables.
+
+Each tensor in ``optimizer.state[p]`` (``exp_avg``, ``exp_avg_sq``, ``step``,
+``momentum_buffer``, ...) is a slot variable of parameter ``p``: a node linked
+from the optimizer's ``slot_variables`` to ``p``'s node, with the key
+``<p's path>/.OPTIMIZER_SLOT/<optimizer path>/<slot>/.ATTRIBUTES/VARIABLE_VALUE``
+as TensorFlow writes for its optimizers. Because the link is to the parameter's
+node, state is restored by parameter *identity*: param groups listed in another
+order, or a model that gained parameters (they get no state), restore right.
+
+Hyperparameters of each param group, and any non-tensor per-parameter state,
+are a JSON ``py_state`` attribute (no pickle). Restored state is placed as
+``Optimizer.load_state_dict`` would place it: floating tensors on the
+parameter's device and dtype, ``step`` where the optimizer keeps it. State of
+a parameter that is not materialized yet is held and applied by a step
+pre-hook, before the first ``step()`` that uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..errors import MismatchError
+from ..graph.keys import PY_STATE_KEY
+from .registry import Adapter, ValueSource
+from .stateful import TENSOR_ATTRIBUTE, decode_state, encode_state
+from .tensors import torch_dtype_of
+from .values import is_uninitialized
+
+_STEP_SLOTS = ("step",)
+
+
+def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+class OptimizerAdapter(Adapter):
+    holds_values = True
+
+    def __init__(self, obj: torch.optim.Optimizer) -> None:
+        super().__init__(obj)
+        self._pending: dict[int, tuple[torch.Tensor, list[tuple[str, ValueSource, Callable[[], None]]]]] = {}
+        self._hook: Any = None
+
+    # --- saving --------------------------------------------------------------------------
+
+    def values(self) -> dict[str, torch.Tensor | str]:
+        opt = self.obj
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        extra = {}
+        for i, p in enumerate(_params(opt)):
+            other = {k: v for k, v in opt.state.get(p, {}).items()
+                     if not isinstance(v, torch.Tensor)}
+            if other:
+                extra[str(i)] = other
+        text, tensors = encode_state({"param_groups": groups, "state": extra},
+                                     type(opt).__name__)
+        out: dict[str, torch.Tensor | str] = {TENSOR_ATTRIBUTE.format(i): t
+                                              for i, t in enumerate(tensors)}
+        out[PY_STATE_KEY] = text
+        return out
+
+    def slot_variables(self) -> list[tuple[Any, str, torch.Tensor]]:
+        out = []
+        for p in _params(self.obj):
+            for name, value in self.obj.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    out.append((p, name, value))
+        return out
+
+    # --- restoring -----------------------------------------------------------------------
+
+    def restore(self, values: dict[str, ValueSource]) -> None:
+        if PY_STATE_KEY not in values:
+            return
+        tensors = []
+        while TENSOR_ATTRIBUTE.format(len(tensors)) in values:
+            tensors.append(values[TENSOR_ATTRIBUTE.format(len(tensors))].tensor("cpu"))
+        saved = decode_state(values[PY_STATE_KEY].text(), tensors)
+        live = self.obj.param_groups
+        if len(saved["param_groups"]) != len(live):
+            raise MismatchError(values[PY_STATE_KEY].key, "param group count",
+                                saved=len(saved["param_groups"]), live=len(live))
+        for group, hyper in zip(live, saved["param_groups"]):
+            for k, v in hyper.items():
+                if k in group and isinstance(group[k], tuple) and isinstance(v, list):
+                    v = tuple(v)
+                group[k] = v
+        params = _params(self.obj)
+        for index, other in saved["state"].items():
+            if int(index) < len(params):
+                self.obj.state[params[int(index)]].update(other)
+
+    def restore_slot(self, variable: Any, slot_name: str, value: ValueSource,
+                     done: Callable[[], None]) -> None:
+        if variable.is_meta or is_uninitialized(variable):
+            entry = self._pending.setdefault(id(variable), (variable, []))
+            entry[1].append((slot_name, value, done))
+            if self._hook is None:
+                self._hook = self.obj.register_step_pre_hook(self._apply_pending)
+            return
+        self._apply(variable, slot_name, value)
+        done()
+
+    def _apply_pending(self, *_: Any) -> None:
+        for key, (param, slots) in list(self._pending.items()):
+            if param.is_meta or is_uninitialized(param):
+                continue
+            for slot_name, value, done in slots:
+                self._apply(param, slot_name, value)
+                done()
+            del self._pending[key]
+        if not self._pending and self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _apply(self, param: torch.Tensor, slot_name: str, value: ValueSource) -> None:
+        state = self.obj.state[param]
+        existing = state.get(slot_name)
+        if isinstance(existing, torch.Tensor) and tuple(existing.shape) == tuple(value.shape) \
+                and existing.dtype == torch_dtype_of(value.dtype) and not existing.is_meta:
+            with torch.no_grad():
+                value.copy_into(existing)
+            return
+        state[slot_name] = self._placed(param, slot_name, value.tensor("cpu"))
+
+    def _placed(self, param: torch.Tensor, slot_name: str, t: torch.Tensor) -> torch.Tensor:
+        """Where ``Optimizer.load_state_dict`` would put a state tensor."""
+        if slot_name in _STEP_SLOTS:
+            group = next(g for g in self.obj.param_groups if any(p is param for p in g["params"]))
+            if group.get("capturable") or group.get("fused"):
+                return t.to(param.device)
+            return t
+        if t.is_floating_point():
+            return t.to(device=param.device, dtype=param.dtype)
+        return t.to(device=param.device)

@@ -1,0 +1,150 @@
+"""Adapters: how torchckpt sees a live object as a node of the object graph.
+
+An adapter exposes an object's named *children* (other objects, each its own
+node), its *values* (the tensors and JSON strings saved as the node's
+attributes), how to *restore* those values, and, for optimizers, its *slot
+variables*. Users never subclass anything: torch types are handled by the
+built-in adapters, any object with ``state_dict()``/``load_state_dict()`` is
+handled generically (the :class:`Checkpointable` protocol, like
+``torch.distributed.checkpoint.stateful.Stateful``), and other types can be
+taught with :meth:`AdapterRegistry.register`.
+
+The registry is an explicit object with a default instance, not module state
+that code mutates behind the caller's back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+from ..errors import UntrackableError
+
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """What a user class implements to be saved: torch's ``state_dict`` pair.
+
+    ``state_dict()`` returns nested dicts/lists of tensors and JSON-able values;
+    ``load_state_dict(state)`` receives the same structure with restored values.
+    """
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
+
+
+class Handle(Protocol):
+    def remove(self) -> None: ...
+
+
+class ValueSource(Protocol):
+    """A saved value, read on demand (see ``torchckpt.restoring``)."""
+
+    key: str
+    dtype: int
+    shape: tuple[int, ...]
+
+    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor: ...
+
+    def copy_into(self, dest: torch.Tensor) -> None: ...
+
+    def text(self) -> str: ...
+
+
+class Adapter:
+    """Base of the built-in adapters. ``obj`` is the live object."""
+
+    #: whether this node's values are torch tensors saved under ``VARIABLE_VALUE``
+    is_variable = False
+    #: whether the object itself saves attributes (so it must match something on restore)
+    holds_values = False
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def children(self) -> list[tuple[str, Any]]:
+        """Named children in a fixed, documented order."""
+        return []
+
+    def child(self, name: str) -> Any | None:
+        """The live child called ``name``, or None if it does not exist (yet)."""
+        for n, o in self.children():
+            if n == name:
+                return o
+        return None
+
+    def child_ready(self, name: str, obj: Any) -> bool:
+        """Whether ``obj`` can take values now (False for lazy, not-yet-shaped parameters)."""
+        return True
+
+    def values(self) -> dict[str, torch.Tensor | str]:
+        """Attributes to save: tensors, or strings (JSON python state)."""
+        return {}
+
+    def restore(self, values: dict[str, ValueSource]) -> None:
+        """Apply saved attribute values (in place where the object allows)."""
+
+    def watch(self, name: str, callback: Callable[[Any], None]) -> Handle | None:
+        """Call ``callback(child)`` once child ``name`` appears or becomes ready.
+
+        Returns a handle to cancel, or None when this kind of object cannot
+        announce new children (the value then stays pending).
+        """
+        return None
+
+    def slot_variables(self) -> list[tuple[Any, str, torch.Tensor]]:
+        """``(variable, slot name, slot tensor)`` triples (optimizers only)."""
+        return []
+
+    def restore_slot(self, variable: Any, slot_name: str, value: ValueSource,
+                     done: Callable[[], None]) -> None:
+        """Restore one slot of ``variable``; call ``done()`` once it is applied."""
+        raise UntrackableError(f"{type(self.obj).__name__} has no slot variables")
+
+
+AdapterFactory = Callable[[Any], Adapter]
+
+
+class AdapterRegistry:
+    """Maps types to adapter factories; the most specific registered type wins."""
+
+    def __init__(self) -> None:
+        self._by_type: list[tuple[type, AdapterFactory]] = []
+        self._fallbacks: list[tuple[Callable[[Any], bool], AdapterFactory]] = []
+
+    def register(self, cls: type, factory: AdapterFactory) -> None:
+        """Use ``factory(obj)`` for instances of ``cls`` (and its subclasses)."""
+        self._by_type.insert(0, (cls, factory))
+
+    def register_predicate(self, test: Callable[[Any], bool], factory: AdapterFactory) -> None:
+        """Use ``factory`` for objects where ``test(obj)`` holds (checked after types)."""
+        self._fallbacks.append((test, factory))
+
+    def find(self, obj: Any) -> AdapterFactory | None:
+        best: tuple[type, AdapterFactory] | None = None
+        for cls, factory in self._by_type:
+            if isinstance(obj, cls) and (best is None or issubclass(cls, best[0])):
+                best = (cls, factory)
+        if best is not None:
+            return best[1]
+        for test, factory in self._fallbacks:
+            if test(obj):
+                return factory
+        return None
+
+    def adapter(self, obj: Any) -> Adapter:
+        """The adapter of ``obj``.
+
+        Raises:
+            UntrackableError: nothing knows how to save this type.
+        """
+        factory = self.find(obj)
+        if factory is None:
+            raise UntrackableError(
+                f"cannot checkpoint a {type(obj).__module__}.{type(obj).__qualname__}: it is not a "
+                "torch module, optimizer, tensor, container, number or an object with "
+                "state_dict()/load_state_dict(); register an adapter with "
+                "torchckpt.adapters.default_registry.register(type, factory)")
+        return factory(obj)

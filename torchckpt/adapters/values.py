@@ -1,0 +1,148 @@
+"""Adapters for values: tensors and parameters, Python numbers, ``torch.Generator``.
+
+A tensor is a TF *variable*: one node with one attribute, ``VARIABLE_VALUE``.
+Restoring copies into the existing tensor, so its identity, device and
+``requires_grad`` stay (optimizers and tied modules keep pointing at it). A
+tensor on the meta device is materialized from the checkpoint instead, with
+``torch.utils.swap_tensors`` so that every reference to it sees the new data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch.nn.parameter import UninitializedTensorMixin
+
+from ..errors import MismatchError
+from ..graph.keys import PY_STATE_KEY, VARIABLE_VALUE_KEY
+from .registry import Adapter, ValueSource
+from .tensors import torch_dtype_of
+
+
+def is_uninitialized(t: Any) -> bool:
+    """True for a lazy module's parameter or buffer that has no shape yet."""
+    return isinstance(t, UninitializedTensorMixin)
+
+
+def check_compatible(dest: torch.Tensor, src: ValueSource) -> None:
+    """Raise ``MismatchError`` unless ``src`` has ``dest``'s shape and dtype."""
+    saved_dtype = torch_dtype_of(src.dtype)
+    if tuple(dest.shape) != tuple(src.shape):
+        raise MismatchError(src.key, "shape", saved=list(src.shape), live=list(dest.shape))
+    if dest.dtype != saved_dtype:
+        raise MismatchError(src.key, "dtype", saved=saved_dtype, live=dest.dtype)
+
+
+def assign_tensor(dest: torch.Tensor, src: ValueSource) -> None:
+    """Put ``src``'s value into ``dest`` in place (materializing meta tensors)."""
+    check_compatible(dest, src)
+    if dest.is_meta:
+        fresh = src.tensor()
+        if isinstance(dest, torch.nn.Parameter):
+            fresh = torch.nn.Parameter(fresh, requires_grad=dest.requires_grad)
+        torch.utils.swap_tensors(dest, fresh)
+        return
+    with torch.no_grad():
+        src.copy_into(dest)
+
+
+class TensorAdapter(Adapter):
+    """``torch.Tensor`` / ``nn.Parameter`` / buffers."""
+
+    holds_values = True
+
+    is_variable = True
+
+    def values(self) -> dict[str, torch.Tensor | str]:
+        t = self.obj
+        if is_uninitialized(t) or t.is_meta:
+            return {}  # nothing to save yet; its node still exists
+        return {VARIABLE_VALUE_KEY: t}
+
+    def restore(self, values: dict[str, ValueSource]) -> None:
+        src = values.get(VARIABLE_VALUE_KEY)
+        if src is not None:
+            assign_tensor(self.obj, src)
+
+
+class ValueSlot:
+    """A Python number (or string) held in a container under ``key``.
+
+    Numbers are immutable, so restoring one means storing the new value back
+    into its container; the slot remembers where. Two slots are the same node
+    when they name the same place.
+    """
+
+    def __init__(self, container: Any, key: Any, setter: Any = None) -> None:
+        self.container = container
+        self.key = key
+        self._setter = setter
+
+    @property
+    def identity(self) -> tuple[int, Any]:
+        return (id(self.container), self.key)
+
+    def get(self) -> Any:
+        if isinstance(self.container, (dict, list)):
+            return self.container[self.key]
+        return getattr(self.container, self.key)
+
+    def set(self, value: Any) -> None:
+        if self._setter is not None:
+            self._setter(value)
+        elif isinstance(self.container, (dict, list)):
+            self.container[self.key] = value
+        else:
+            setattr(self.container, self.key, value)
+
+
+_SCALAR_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64}
+
+
+def is_python_scalar(value: Any) -> bool:
+    return type(value) in _SCALAR_DTYPES or isinstance(value, str)
+
+
+class ScalarAdapter(Adapter):
+    """A Python ``int``/``float``/``bool`` as a 0-d variable; a ``str`` as py_state."""
+
+    holds_values = True
+
+    is_variable = True
+
+    def values(self) -> dict[str, torch.Tensor | str]:
+        v = self.obj.get()
+        if isinstance(v, str):
+            return {PY_STATE_KEY: json.dumps(v)}
+        return {VARIABLE_VALUE_KEY: torch.tensor(v, dtype=_SCALAR_DTYPES[type(v)])}
+
+    def restore(self, values: dict[str, ValueSource]) -> None:
+        current = self.obj.get()
+        if PY_STATE_KEY in values:
+            self.obj.set(json.loads(values[PY_STATE_KEY].text()))
+            return
+        src = values.get(VARIABLE_VALUE_KEY)
+        if src is None:
+            return
+        if src.shape != ():
+            raise MismatchError(src.key, "shape", saved=list(src.shape), live=[])
+        value = src.tensor("cpu").item()
+        self.obj.set(type(current)(value) if type(current) in _SCALAR_DTYPES else value)
+
+
+class GeneratorAdapter(Adapter):
+    """``torch.Generator``: its state bytes as a uint8 variable."""
+
+    holds_values = True
+
+    is_variable = True
+
+    def values(self) -> dict[str, torch.Tensor | str]:
+        return {VARIABLE_VALUE_KEY: self.obj.get_state()}
+
+    def restore(self, values: dict[str, ValueSource]) -> None:
+        src = values.get(VARIABLE_VALUE_KEY)
+        if src is not None:
+            self.obj.set_state(src.tensor("cpu"))

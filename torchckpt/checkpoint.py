@@ -1,0 +1,215 @@
+"""``torchckpt.Checkpoint``: ``tf.train.Checkpoint`` for torch objects.
+
+The checkpoint is the root of an object graph whose children are the keyword
+arguments it was built with (and attributes assigned later), in that order,
+followed by ``save_counter`` once it exists. See ``saving`` and ``restoring``
+for how the graph is written and matched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .adapters import default_registry
+from .adapters.registry import Adapter, Handle
+from .adapters.values import ValueSlot, is_python_scalar
+from .errors import CheckpointNotFoundError
+from .format import index_path, latest_checkpoint, read_state, write_state
+from .graph.keys import SAVE_COUNTER
+from .graph.status import RestoreStatus
+from .restoring import RestoreSession
+from .saving import plan_save, write_plan
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """Options for save and restore (``tf.train.CheckpointOptions``' role).
+
+    Attributes:
+        device: where tensors created by a restore are placed (meta-device
+            models are materialized here). Default: CPU.
+        sync: fsync files before renaming them into place (crash safety).
+    """
+
+    device: str | torch.device | None = None
+    sync: bool = True
+
+
+class Checkpoint:
+    """Groups objects to save and restore together, as ``tf.train.Checkpoint`` does.
+
+    >>> import torch, tempfile, os
+    >>> model = torch.nn.Linear(2, 1)
+    >>> ckpt = Checkpoint(model=model, step=3)
+    >>> path = ckpt.save(os.path.join(tempfile.mkdtemp(), "ckpt"))
+    >>> os.path.basename(path)
+    'ckpt-1'
+    >>> fresh = Checkpoint(model=torch.nn.Linear(2, 1), step=0)
+    >>> fresh.restore(path).assert_consumed().__class__.__name__
+    'RestoreStatus'
+    >>> fresh.step
+    3
+
+    Args:
+        **objects: modules, optimizers, schedulers, tensors, numbers, dicts,
+            lists, generators or any object with ``state_dict``/``load_state_dict``.
+
+    Raises:
+        UntrackableError: an argument cannot be saved.
+    """
+
+    def __init__(self, **objects: Any) -> None:
+        object.__setattr__(self, "_objects", {})
+        object.__setattr__(self, "_watchers", {})
+        object.__setattr__(self, "_save_counter", None)
+        object.__setattr__(self, "_sessions", [])
+        for name, obj in objects.items():
+            setattr(self, name, obj)
+
+    # --- tracked attributes ------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if name == SAVE_COUNTER:
+            raise AttributeError("save_counter is managed by the Checkpoint")
+        default_registry.adapter(_child_object(self._objects, name, value))  # type check
+        self._objects[name] = value
+        for callback in self._watchers.pop(name, []):
+            callback(_child_object(self._objects, name, value))
+
+    def __getattr__(self, name: str) -> Any:
+        objects = self.__dict__.get("_objects", {})
+        if name in objects:
+            return objects[name]
+        raise AttributeError(f"Checkpoint has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._objects:
+            del self._objects[name]
+        else:
+            object.__delattr__(self, name)
+
+    @property
+    def save_counter(self) -> int:
+        """Number of ``save()`` calls so far (restored by ``restore()``)."""
+        return 0 if self._save_counter is None else int(self._save_counter.item())
+
+    def _create_save_counter(self) -> None:
+        if self._save_counter is None:
+            object.__setattr__(self, "_save_counter", torch.zeros((), dtype=torch.int64))
+
+    def _increment_save_counter(self) -> int:
+        self._create_save_counter()
+        self._save_counter.add_(1)
+        return self.save_counter
+
+    # --- saving ------------------------------------------------------------------------------
+
+    def write(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
+        """Write the checkpoint to ``file_prefix`` without numbering or a state file.
+
+        Returns:
+            ``file_prefix``.
+        """
+        options = options or CheckpointOptions()
+        return write_plan(plan_save(self), os.fspath(file_prefix), sync=options.sync)
+
+    def save(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
+        """Save to ``file_prefix-N`` (N = ``save_counter`` after incrementing it) and
+        record it in the directory's ``checkpoint`` state file.
+
+        Returns:
+            The prefix written, e.g. ``"/run/ckpt-3"``.
+        """
+        options = options or CheckpointOptions()
+        number = self._increment_save_counter()
+        path = self.write(f"{os.fspath(file_prefix)}-{number}", options)
+        directory = os.path.dirname(path)
+        write_state(directory, path, [path], sync=options.sync)
+        return path
+
+    # --- restoring -----------------------------------------------------------------------------
+
+    def restore(self, save_path: str | None,
+                options: CheckpointOptions | None = None) -> RestoreStatus:
+        """Restore every value into the matching live objects; values whose objects do
+        not exist yet wait for them (see ``RestoreStatus``). ``None`` does nothing.
+
+        Raises:
+            CheckpointNotFoundError: nothing at ``save_path``.
+            CorruptCheckpointError, MismatchError: bad files or incompatible values.
+        """
+        if save_path is None:
+            return RestoreStatus(None)
+        self._create_save_counter()
+        return self.read(save_path, options)
+
+    def read(self, save_path: str, options: CheckpointOptions | None = None) -> RestoreStatus:
+        """Like :meth:`restore` but does not create ``save_counter`` (TF's ``read``)."""
+        options = options or CheckpointOptions()
+        prefix = resolve_prefix(os.fspath(save_path))
+        device = torch.device(options.device) if options.device is not None else torch.device("cpu")
+        session = RestoreSession.open(self, prefix, device=device)
+        self._sessions.append(session)
+        session.start()
+        return RestoreStatus(session)
+
+    def sync(self) -> None:
+        """Wait for any save in flight (saves are synchronous here, so this returns at once)."""
+
+
+def _child_object(objects: dict[str, Any], name: str, value: Any) -> Any:
+    return ValueSlot(objects, name) if is_python_scalar(value) else value
+
+
+def resolve_prefix(path: str) -> str:
+    """A prefix, or a directory meaning its latest checkpoint (as ``tf.train`` does).
+
+    Raises:
+        CheckpointNotFoundError: neither a checkpoint prefix nor a directory holding one.
+    """
+    if os.path.isdir(path) and not os.path.isfile(index_path(path)):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            state = read_state(path)
+            detail = (f"its state file names '{state.model_checkpoint_path}', which does not exist"
+                      if state else "it has no 'checkpoint' state file")
+            raise CheckpointNotFoundError(f"no checkpoint in directory '{path}': {detail}")
+        return latest
+    if not os.path.isfile(index_path(path)):
+        raise CheckpointNotFoundError(f"no checkpoint at '{path}': '{index_path(path)}' "
+                                      "does not exist")
+    return path
+
+
+class _CheckpointAdapter(Adapter):
+    """The root: user objects in insertion order, then ``save_counter``."""
+
+    is_root = True
+
+    def children(self) -> list[tuple[str, Any]]:
+        ckpt: Checkpoint = self.obj
+        out = [(n, _child_object(ckpt._objects, n, v)) for n, v in ckpt._objects.items()
+               if v is not None]
+        if ckpt._save_counter is not None:
+            out.append((SAVE_COUNTER, ckpt._save_counter))
+        return out
+
+    def watch(self, name: str, callback: Callable[[Any], None]) -> Handle | None:
+        watchers = self.obj._watchers.setdefault(name, [])
+        watchers.append(callback)
+
+        class _Remove:
+            def remove(self_inner) -> None:
+                if callback in watchers:
+                    watchers.remove(callback)
+        return _Remove()
+
+
+default_registry.register(Checkpoint, _CheckpointAdapter)

@@ -1,0 +1,99 @@
+"""``RestoreStatus``: what a restore matched, what is waiting, what was left over.
+
+TensorFlow's ``CheckpointLoadStatus`` semantics (``python/checkpoint/checkpoint.py``):
+
+* :meth:`RestoreStatus.assert_consumed` - every checkpoint value found its live
+  object and was applied (nothing unused, nothing pending), and the check below.
+* :meth:`RestoreStatus.assert_existing_objects_matched` - every live object that
+  holds values has a counterpart in the checkpoint.
+* :meth:`RestoreStatus.assert_nontrivial_match` - something besides the root matched.
+* :meth:`RestoreStatus.expect_partial` - says partial restores are intended;
+  torchckpt never warns at garbage collection, so it only returns the status.
+
+Failures raise :class:`~torchckpt.errors.UnmatchedError` listing readable paths.
+The status is computed on demand from a :class:`MatchSource`, so it reflects
+values that landed after ``restore()`` returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import UnmatchedError
+
+
+@dataclass(frozen=True)
+class MatchReport:
+    """A restore's bookkeeping as data; every entry is a readable path."""
+
+    matched: list[str]
+    unused_in_checkpoint: list[str]
+    unmatched_live: list[str]
+    pending: list[str]
+
+
+class MatchSource(Protocol):
+    def report(self) -> MatchReport: ...
+
+
+class RestoreStatus:
+    """Returned by ``Checkpoint.restore``/``read``; see the module docstring."""
+
+    def __init__(self, source: MatchSource | None) -> None:
+        self._source = source
+
+    def report(self) -> MatchReport:
+        if self._source is None:
+            return MatchReport([], [], [], [])
+        return self._source.report()
+
+    def assert_consumed(self) -> "RestoreStatus":
+        r = self.report()
+        problems = []
+        if r.unused_in_checkpoint:
+            problems.append(_listing("checkpoint values not restored into any object",
+                                     r.unused_in_checkpoint))
+        if r.pending:
+            problems.append(_listing("values still waiting for their objects", r.pending))
+        if r.unmatched_live:
+            problems.append(_listing("live objects with no value in the checkpoint",
+                                     r.unmatched_live))
+        if problems:
+            raise UnmatchedError("restore did not consume the checkpoint:\n" + "\n".join(problems),
+                                 unused_in_checkpoint=r.unused_in_checkpoint,
+                                 unmatched_live=r.unmatched_live, pending=r.pending)
+        return self
+
+    def assert_existing_objects_matched(self) -> "RestoreStatus":
+        r = self.report()
+        if r.unmatched_live:
+            raise UnmatchedError("some live objects were not matched:\n"
+                                 + _listing("live objects with no value in the checkpoint",
+                                            r.unmatched_live),
+                                 unused_in_checkpoint=r.unused_in_checkpoint,
+                                 unmatched_live=r.unmatched_live, pending=r.pending)
+        return self
+
+    def assert_nontrivial_match(self) -> "RestoreStatus":
+        r = self.report()
+        if not r.matched:
+            raise UnmatchedError("nothing in the checkpoint matched any object besides the root",
+                                 unused_in_checkpoint=r.unused_in_checkpoint,
+                                 unmatched_live=r.unmatched_live, pending=r.pending)
+        return self
+
+    def expect_partial(self) -> "RestoreStatus":
+        return self
+
+    def run_restore_ops(self, session: object = None) -> None:
+        """TF compatibility: values are restored eagerly, so there is nothing to run."""
+
+    def initialize_or_restore(self, session: object = None) -> None:
+        """TF compatibility: nothing to do."""
+
+
+def _listing(title: str, items: list[str], limit: int = 50) -> str:
+    shown = "\n".join(f"    {x}" for x in items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {title} ({len(items)}):\n{shown}{more}"

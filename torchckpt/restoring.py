@@ -1,0 +1,241 @@
+"""Restoring: match the saved object graph against live objects, lazily.
+
+Matching is TensorFlow's (``python/checkpoint/restore.py``): the live root is
+bound to node 0, then breadth-first, each saved edge ``(parent, local name)``
+is looked up on the live parent. A child that exists is bound and its values
+are applied at once. A child that does not exist yet - or a lazy parameter not
+yet materialized - is *deferred*: the parent's adapter is asked to watch for
+it, and the value lands the moment it appears, after which the watch is
+removed. Slot variables land once both the optimizer and the parameter are
+bound. :class:`RestoreSession` keeps the books that ``RestoreStatus`` reports.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Hashable
+
+import torch
+
+from .adapters import AdapterRegistry, default_registry
+from .adapters.registry import Adapter, Handle
+from .adapters.tensors import array_to_tensor, tensor_to_buffer, torch_dtype_of
+from .format import BundleReader
+from .format.dtypes import FIXED_WIDTH
+from .format.records import ENDIAN_LITTLE
+from .graph.keys import OBJECT_GRAPH_PROTO_KEY
+from .graph.object_graph import GraphNode, ObjectGraph, readable_path
+from .graph.status import MatchReport
+from .saving import identity, walk_live
+
+
+class BundleValue:
+    """One checkpoint value, read when an adapter asks for it."""
+
+    def __init__(self, reader: BundleReader, key: str, device: torch.device) -> None:
+        self._reader = reader
+        self.key = key
+        entry = reader.entry(key)
+        self.dtype = entry.dtype
+        self.shape = tuple(entry.shape)
+        self._entry = entry
+        self._device = device
+
+    def _direct(self) -> bool:
+        e = self._entry
+        return (not e.slices and e.dtype in FIXED_WIDTH
+                and self._reader.header.endianness == ENDIAN_LITTLE)
+
+    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """A new tensor holding the value, read straight into its memory when possible."""
+        device = torch.device(device) if device is not None else self._device
+        if self._direct():
+            out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype))
+            self._reader.read_into(self.key, tensor_to_buffer(out))
+        else:
+            out = array_to_tensor(self._reader.read_array(self.key), self.dtype)
+        return out if device.type == "cpu" else out.to(device)
+
+    def copy_into(self, dest: torch.Tensor) -> None:
+        if dest.device.type == "cpu" and dest.is_contiguous() and self._direct() \
+                and not dest.is_conj() and not dest.is_neg():
+            self._reader.read_into(self.key, tensor_to_buffer(dest))
+        else:
+            dest.copy_(self.tensor("cpu"))
+
+    def text(self) -> str:
+        value = self._reader.read_array(self.key)
+        raw = value.item() if value.shape == () else b""
+        return raw.decode("utf-8")
+
+
+class RestoreSession:
+    """Binds checkpoint nodes to live objects and applies values as they appear."""
+
+    def __init__(self, root: Any, reader: BundleReader, graph: ObjectGraph, *,
+                 device: torch.device, registry: AdapterRegistry = default_registry) -> None:
+        self.root = root
+        self.reader = reader
+        self.graph = graph
+        self.paths = graph.paths()
+        self._registry = registry
+        self._device = device
+        self.bound: dict[int, Any] = {}
+        self._bound_ids: dict[Hashable, int] = {}
+        self._adapters: dict[int, Adapter] = {}
+        self.applied: set[int] = set()
+        self.pending: dict[tuple[int, str], Handle | None] = {}
+        self.pending_slots: dict[int, str] = {}  # slot node -> description
+        self._slot_waiting: dict[int, list[tuple[int, Any]]] = {}  # variable node -> slots
+        self._queue: deque[int] = deque()
+
+    @classmethod
+    def open(cls, root: Any, prefix: str, *, device: torch.device,
+             registry: AdapterRegistry = default_registry) -> "RestoreSession":
+        reader = BundleReader(prefix)
+        raw = reader.read_array(OBJECT_GRAPH_PROTO_KEY).item()
+        graph = ObjectGraph.from_bytes(raw, path=reader.index_path)
+        return cls(root, reader, graph, device=device, registry=registry)
+
+    # --- binding -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._bind(0, self.root)
+        self._drain()
+
+    def _bind(self, node_id: int, obj: Any) -> None:
+        if node_id in self.bound:
+            return
+        self.bound[node_id] = obj
+        self._bound_ids.setdefault(identity(obj), node_id)
+        self._queue.append(node_id)
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._visit(self._queue.popleft())
+
+    def _visit(self, node_id: int) -> None:
+        obj = self.bound[node_id]
+        adapter = self._adapters[node_id] = self._registry.adapter(obj)
+        node = self.graph.nodes[node_id]
+        if node.attributes:
+            adapter.restore({a.name: self._value(a.checkpoint_key) for a in node.attributes})
+            self.applied.add(node_id)
+        for ref in node.children:
+            live = adapter.child(ref.local_name)
+            if live is not None and adapter.child_ready(ref.local_name, live):
+                self._bind(ref.node_id, live)
+            elif ref.node_id not in self.bound and self.graph.has_values(ref.node_id):
+                self._defer(node_id, ref.local_name, ref.node_id, adapter)
+        for slot in node.slot_variables:
+            self._slot_waiting.setdefault(slot.original_variable_node_id, []).append(
+                (node_id, slot))
+            self.pending_slots[slot.slot_variable_node_id] = self.describe(
+                slot.slot_variable_node_id)
+        self._restore_ready_slots(node_id)
+
+    def _defer(self, parent: int, name: str, child: int, adapter: Adapter) -> None:
+        key = (parent, name)
+        if key in self.pending:
+            return
+
+        def arrived(obj: Any) -> None:
+            self.pending.pop(key, None)
+            self._bind(child, obj)
+            self._drain()
+
+        self.pending[key] = None
+        self.pending[key] = adapter.watch(name, arrived)
+
+    def _restore_ready_slots(self, node_id: int) -> None:
+        """Restore slots whose optimizer and variable are both bound now."""
+        for var_id in [node_id] + [s.original_variable_node_id
+                                   for s in self.graph.nodes[node_id].slot_variables]:
+            if var_id not in self.bound or var_id not in self._adapters:
+                continue
+            waiting = self._slot_waiting.get(var_id, [])
+            for opt_id, slot in list(waiting):
+                if opt_id not in self._adapters:
+                    continue
+                waiting.remove((opt_id, slot))
+                slot_node = self.graph.nodes[slot.slot_variable_node_id]
+                if not slot_node.attributes:
+                    self.pending_slots.pop(slot.slot_variable_node_id, None)
+                    continue
+                value = self._value(slot_node.attributes[0].checkpoint_key)
+                self._adapters[opt_id].restore_slot(
+                    self.bound[var_id], slot.slot_name, value,
+                    self._slot_done(slot.slot_variable_node_id))
+
+    def _slot_done(self, slot_node: int) -> Any:
+        def done() -> None:
+            self.pending_slots.pop(slot_node, None)
+            self.applied.add(slot_node)
+        return done
+
+    def _value(self, key: str) -> BundleValue:
+        return BundleValue(self.reader, key, self._device)
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def describe(self, node_id: int) -> str:
+        return self.graph.describe(node_id, self.paths)
+
+    def report(self) -> MatchReport:
+        matched = sorted(self.describe(i) for i in self.applied)
+        waiting_ids = set(self.pending_slots)
+        for (parent, name) in self.pending:
+            waiting_ids.update(self._subtree_with_values(parent, name))
+        pending = sorted(self.describe(i) for i in waiting_ids)
+        unused = sorted(self.describe(i) for i, n in enumerate(self.graph.nodes)
+                        if _has_own_values(n) and i not in self.applied and i not in waiting_ids)
+        return MatchReport(matched, unused, self._unmatched_live(), pending)
+
+    def _subtree_with_values(self, parent: int, name: str) -> list[int]:
+        start = next(c.node_id for c in self.graph.nodes[parent].children if c.local_name == name)
+        out, stack, seen = [], [start], set()
+        while stack:
+            i = stack.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            node = self.graph.nodes[i]
+            if _has_own_values(node):
+                out.append(i)
+            stack.extend(c.node_id for c in node.children)
+            stack.extend(s.slot_variable_node_id for s in node.slot_variables)
+        return out
+
+    def _unmatched_live(self) -> list[str]:
+        walk, adapters = walk_live(self.root, self._registry)
+        out = []
+        for obj, path, adapter in zip(walk.objects, walk.paths, adapters):
+            node_id = self._bound_ids.get(identity(obj))
+            if adapter.holds_values:
+                if node_id is None or node_id not in self.applied:
+                    out.append(readable_path(path))
+            for variable, slot_name, _ in adapter.slot_variables():
+                if not self._slot_restored(node_id, variable, slot_name):
+                    var_path = walk.paths[walk.ids[identity(variable)]] \
+                        if identity(variable) in walk.ids else ("<unreachable>",)
+                    out.append(f"{readable_path(path)} state '{slot_name}' of "
+                               f"{readable_path(var_path)}")
+        return sorted(out)
+
+    def _slot_restored(self, opt_node: int | None, variable: Any, slot_name: str) -> bool:
+        var_node = self._bound_ids.get(identity(variable))
+        if opt_node is None or var_node is None:
+            return False
+        return any(s.original_variable_node_id == var_node and s.slot_name == slot_name
+                   and s.slot_variable_node_id in self.applied
+                   for s in self.graph.nodes[opt_node].slot_variables)
+
+    def close(self) -> None:
+        for handle in self.pending.values():
+            if handle is not None:
+                handle.remove()
+        self.pending.clear()
+
+
+def _has_own_values(node: GraphNode) -> bool:
+    return bool(node.attributes)
