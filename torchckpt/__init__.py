@@ -18,6 +18,11 @@ from .errors import (CheckpointNotFoundError, ChecksumMismatchError, CorruptChec
 
 # Public name -> the module (relative to this package) that defines it.
 _LAZY: dict[str, str] = {
+    # object-based checkpointing, like tf.train.Checkpoint
+    "Checkpoint": "checkpoint",
+    "CheckpointOptions": "checkpoint",
+    "RestoreStatus": "graph.status",
+    "MatchReport": "graph.status",
     # reader side, like tf.train.load_checkpoint & co.
     "CheckpointReader": "reader",
     "latest_checkpoint": "reader",
@@ -27,10 +32,14 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, CheckpointOptions
+    from .graph.status import MatchReport, RestoreStatus
     from .reader import (CheckpointReader, latest_checkpoint, list_variables, load_checkpoint,
                          load_variable)
 
 __all__ = [
+    # object-based checkpointing
+    "Checkpoint", "CheckpointOptions", "RestoreStatus", "MatchReport",
     # reader
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
     # errors

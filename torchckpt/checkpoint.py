@@ -22,7 +22,8 @@ from .format import index_path, latest_checkpoint, read_state, write_state
 from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
-from .saving import plan_save, write_plan
+from .async_save import AsyncSaver
+from .saving import SavePlan, plan_save, write_plan
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,13 @@ class CheckpointOptions:
         device: where tensors created by a restore are placed (meta-device
             models are materialized here). Default: CPU.
         sync: fsync files before renaming them into place (crash safety).
+        enable_async: ``save``/``write`` return once the state is snapshotted
+            and write it on a background thread (see ``torchckpt.async_save``).
     """
 
     device: str | torch.device | None = None
     sync: bool = True
+    enable_async: bool = False
 
 
 class Checkpoint:
@@ -67,6 +71,7 @@ class Checkpoint:
         object.__setattr__(self, "_watchers", {})
         object.__setattr__(self, "_save_counter", None)
         object.__setattr__(self, "_sessions", [])
+        object.__setattr__(self, "_async", AsyncSaver())
         for name, obj in objects.items():
             setattr(self, name, obj)
 
@@ -117,8 +122,29 @@ class Checkpoint:
         Returns:
             ``file_prefix``.
         """
-        options = options or CheckpointOptions()
-        return write_plan(plan_save(self), os.fspath(file_prefix), sync=options.sync)
+        return self._write(os.fspath(file_prefix), options or CheckpointOptions())
+
+    def _write(self, prefix: str, options: CheckpointOptions,
+               after: Callable[[str], None] | None = None) -> str:
+        """Write ``prefix``, then call ``after(prefix)`` once the bundle is committed.
+
+        With ``options.enable_async`` only the snapshot happens here; the write
+        and ``after`` run on the background thread.
+        """
+        self._async.wait()
+        plan = plan_save(self)
+
+        def job(plan: SavePlan = plan) -> None:
+            write_plan(plan, prefix, sync=options.sync)
+            if after is not None:
+                after(prefix)
+
+        if options.enable_async:
+            snapshot = self._async.snapshot(plan)
+            self._async.submit(lambda: job(snapshot))
+        else:
+            job()
+        return prefix
 
     def save(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
         """Save to ``file_prefix-N`` (N = ``save_counter`` after incrementing it) and
@@ -128,11 +154,13 @@ class Checkpoint:
             The prefix written, e.g. ``"/run/ckpt-3"``.
         """
         options = options or CheckpointOptions()
+        self._async.wait()
         number = self._increment_save_counter()
-        path = self.write(f"{os.fspath(file_prefix)}-{number}", options)
-        directory = os.path.dirname(path)
-        write_state(directory, path, [path], sync=options.sync)
-        return path
+
+        def record(path: str) -> None:
+            write_state(os.path.dirname(path), path, [path], sync=options.sync)
+
+        return self._write(f"{os.fspath(file_prefix)}-{number}", options, after=record)
 
     # --- restoring -----------------------------------------------------------------------------
 
@@ -153,6 +181,7 @@ class Checkpoint:
     def read(self, save_path: str, options: CheckpointOptions | None = None) -> RestoreStatus:
         """Like :meth:`restore` but does not create ``save_counter`` (TF's ``read``)."""
         options = options or CheckpointOptions()
+        self._async.wait()
         prefix = resolve_prefix(os.fspath(save_path))
         device = torch.device(options.device) if options.device is not None else torch.device("cpu")
         session = RestoreSession.open(self, prefix, device=device)
@@ -161,7 +190,8 @@ class Checkpoint:
         return RestoreStatus(session)
 
     def sync(self) -> None:
-        """Wait for any save in flight (saves are synchronous here, so this returns at once)."""
+        """Wait for the asynchronous save in flight, re-raising its error if it failed."""
+        self._async.wait()
 
 
 def _child_object(objects: dict[str, Any], name: str, value: Any) -> Any:
