@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (CheckpointNotFoundError, ChecksumMismatchError, CorruptCheckpointError,
-                     KeyNotFoundError, MismatchError, TorchckptError, UnmatchedError,
-                     UnsupportedFormatError, UntrackableError)
+from .errors import (AssignmentMapError, CheckpointNotFoundError, ChecksumMismatchError,
+                     ConversionError, CorruptCheckpointError, KeyNotFoundError, MismatchError,
+                     TorchckptError, UnmatchedError, UnsupportedFormatError, UntrackableError)
 
 # Public name -> the module (relative to this package) that defines it.
 _LAZY: dict[str, str] = {
@@ -23,29 +23,42 @@ _LAZY: dict[str, str] = {
     "CheckpointOptions": "checkpoint",
     "RestoreStatus": "graph.status",
     "MatchReport": "graph.status",
+    # resuming training, like tf.train.CheckpointManager
+    "CheckpointManager": "manager",
+    "RNGState": "rng",
     # reader side, like tf.train.load_checkpoint & co.
     "CheckpointReader": "reader",
     "latest_checkpoint": "reader",
     "list_variables": "reader",
     "load_checkpoint": "reader",
     "load_variable": "reader",
+    # TF checkpoints into torch modules (torchckpt.convert.load_tf_weights)
+    "convert_tf_checkpoint": "convert",
+    "ConversionReport": "convert",
 }
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointOptions
     from .graph.status import MatchReport, RestoreStatus
+    from .manager import CheckpointManager
+    from .rng import RNGState
+    from .convert import ConversionReport, convert_tf_checkpoint
     from .reader import (CheckpointReader, latest_checkpoint, list_variables, load_checkpoint,
                          load_variable)
 
 __all__ = [
     # object-based checkpointing
     "Checkpoint", "CheckpointOptions", "RestoreStatus", "MatchReport",
+    # resuming training
+    "CheckpointManager", "RNGState",
     # reader
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
+    # converter
+    "convert_tf_checkpoint", "ConversionReport",
     # errors
     "TorchckptError", "CorruptCheckpointError", "ChecksumMismatchError", "UnsupportedFormatError",
     "CheckpointNotFoundError", "KeyNotFoundError", "MismatchError", "UntrackableError",
-    "UnmatchedError",
+    "UnmatchedError", "ConversionError", "AssignmentMapError",
 ]
 
 

@@ -17,13 +17,14 @@ import torch
 from .adapters import default_registry
 from .adapters.registry import Adapter, Handle
 from .adapters.values import ValueSlot, is_python_scalar
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, UntrackableError
 from .format import index_path, latest_checkpoint, read_state, write_state
 from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
 from .async_save import AsyncSaver
-from .saving import SavePlan, plan_save, write_plan
+from . import distributed as _distributed
+from .saving import SavePlan, plan_save, walk_live, write_plan
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ class Checkpoint:
         object.__setattr__(self, "_objects", {})
         object.__setattr__(self, "_watchers", {})
         object.__setattr__(self, "_save_counter", None)
-        object.__setattr__(self, "_sessions", [])
         object.__setattr__(self, "_async", AsyncSaver())
         for name, obj in objects.items():
             setattr(self, name, obj)
@@ -83,10 +83,19 @@ class Checkpoint:
             return
         if name == SAVE_COUNTER:
             raise AttributeError("save_counter is managed by the Checkpoint")
-        default_registry.adapter(_child_object(self._objects, name, value))  # type check
+        child = _child_object(self._objects, name, value)
+        if value is not None:
+            try:
+                walk_live(child)  # refuse untrackable values now, not at the first save
+            except UntrackableError as exc:
+                raise UntrackableError(f"Checkpoint attribute {name!r}: {exc}") from exc
         self._objects[name] = value
+        self._announce(name, child)
+
+    def _announce(self, name: str, child: Any) -> None:
+        """Hand a new child to the restores waiting for it (see ``restoring``)."""
         for callback in self._watchers.pop(name, []):
-            callback(_child_object(self._objects, name, value))
+            callback(child)
 
     def __getattr__(self, name: str) -> Any:
         objects = self.__dict__.get("_objects", {})
@@ -106,8 +115,11 @@ class Checkpoint:
         return 0 if self._save_counter is None else int(self._save_counter.item())
 
     def _create_save_counter(self) -> None:
+        """Create ``save_counter`` (0) on first use; a ``read()`` waiting for it then
+        restores it, as TF's deferred restoration does, so numbering continues."""
         if self._save_counter is None:
             object.__setattr__(self, "_save_counter", torch.zeros((), dtype=torch.int64))
+            self._announce(SAVE_COUNTER, self._save_counter)
 
     def _increment_save_counter(self) -> int:
         self._create_save_counter()
@@ -132,6 +144,9 @@ class Checkpoint:
         and ``after`` run on the background thread.
         """
         self._async.wait()
+        if _distributed.is_active():  # a collective: each rank writes its own data file, rank 0
+            # merges the index and runs ``after``; synchronous (docs/distributed.md)
+            return _distributed.write(self, prefix, sync=options.sync, after=after)
         plan = plan_save(self)
 
         def job(plan: SavePlan = plan) -> None:
@@ -158,7 +173,10 @@ class Checkpoint:
         number = self._increment_save_counter()
 
         def record(path: str) -> None:
-            write_state(os.path.dirname(path), path, [path], sync=options.sync)
+            # write_state stores an absolute path relative to the directory, as TF does
+            # ("ckpt-3"); a relative one it would store as given, relative to the cwd
+            full = os.path.abspath(path)
+            write_state(os.path.dirname(path), full, [full], sync=options.sync)
 
         return self._write(f"{os.fspath(file_prefix)}-{number}", options, after=record)
 
@@ -185,8 +203,7 @@ class Checkpoint:
         prefix = resolve_prefix(os.fspath(save_path))
         device = torch.device(options.device) if options.device is not None else torch.device("cpu")
         session = RestoreSession.open(self, prefix, device=device)
-        self._sessions.append(session)
-        session.start()
+        session.start()  # the session lives on in the hooks it waits on, and in the status
         return RestoreStatus(session)
 
     def sync(self) -> None:

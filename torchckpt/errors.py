@@ -88,6 +88,26 @@ class UnmatchedError(TorchckptError, AssertionError):
         super().__init__(message)
 
 
+class ConversionError(UnmatchedError):
+    """``load_tf_weights(..., strict=True)`` left names unmatched or found values that do not fit.
+
+    Attributes:
+        unused_in_checkpoint: checkpoint keys that fed nothing.
+        unmatched_live: torch ``state_dict`` names (and optimizer state) left without a value.
+        report: the full :class:`~torchckpt.convert.ConversionReport`.
+    """
+
+    def __init__(self, message: str, *, unused_in_checkpoint: list[str] | None = None,
+                 unmatched_live: list[str] | None = None, report: object = None) -> None:
+        super().__init__(message, unused_in_checkpoint=unused_in_checkpoint,
+                         unmatched_live=unmatched_live)
+        self.report = report
+
+
+class AssignmentMapError(TorchckptError, ValueError):
+    """An ``assignment_map`` entry is malformed (bad regular expression or target)."""
+
+
 def _show_key(key: str | bytes) -> str:
     if isinstance(key, bytes):
         try:

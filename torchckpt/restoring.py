@@ -7,11 +7,21 @@ are applied at once. A child that does not exist yet - or a lazy parameter not
 yet materialized - is *deferred*: the parent's adapter is asked to watch for
 it, and the value lands the moment it appears, after which the watch is
 removed. Slot variables land once both the optimizer and the parameter are
-bound. :class:`RestoreSession` keeps the books that ``RestoreStatus`` reports.
+bound and the parameter holds real data. :class:`RestoreSession` keeps the
+books that ``RestoreStatus`` reports.
+
+Lifetime: a session is referenced by the hooks it waits on (a module's forward
+pre-hook, the root ``Checkpoint``'s attribute watchers) and by its status, so
+it lives as long as something can still arrive, and no longer. It closes its
+reader as soon as nothing is pending.
+
+Nothing named by the file is imported or called: node and attribute names are
+only looked up among the live objects' own children.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from typing import Any, Hashable
 
@@ -20,8 +30,12 @@ import torch
 from .adapters import AdapterRegistry, default_registry
 from .adapters.registry import Adapter, Handle
 from .adapters.tensors import array_to_tensor, tensor_to_buffer, torch_dtype_of
+from .adapters.values import holds_data
+from .distributed.layout import is_dtensor
+from .distributed.reshard import copy_into, dtensor_like
+from .errors import CorruptCheckpointError, UnsupportedFormatError
 from .format import BundleReader
-from .format.dtypes import FIXED_WIDTH
+from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
 from .format.records import ENDIAN_LITTLE
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY
 from .graph.object_graph import GraphNode, ObjectGraph, readable_path
@@ -40,6 +54,7 @@ class BundleValue:
         self.shape = tuple(entry.shape)
         self._entry = entry
         self._device = device
+        self.path = reader.index_path
 
     def _direct(self) -> bool:
         e = self._entry
@@ -57,25 +72,69 @@ class BundleValue:
         return out if device.type == "cpu" else out.to(device)
 
     def copy_into(self, dest: torch.Tensor) -> None:
+        if is_dtensor(dest) or self._entry.slices:  # a DTensor reads only this rank's part;
+            copy_into(self._reader, self.key, dest)  # slices land in place (distributed/)
+            return
         if dest.device.type == "cpu" and dest.is_contiguous() and self._direct() \
                 and not dest.is_conj() and not dest.is_neg():
             self._reader.read_into(self.key, tensor_to_buffer(dest))
         else:
             dest.copy_(self.tensor("cpu"))
 
+    def tensor_like(self, template: torch.Tensor) -> torch.Tensor:
+        """A new tensor holding the value, laid out like ``template``: for a DTensor of
+        the value's shape, a DTensor on its mesh and placements of which only this
+        rank's part is read (``torchckpt.distributed``); otherwise :meth:`tensor` on
+        ``template``'s device."""
+        if is_dtensor(template) and tuple(template.shape) == self.shape:
+            return dtensor_like(self._reader, self.key, template)
+        return self.tensor(template.device)
+
     def text(self) -> str:
-        value = self._reader.read_array(self.key)
-        raw = value.item() if value.shape == () else b""
-        return raw.decode("utf-8")
+        """A scalar string value (JSON python state) as text.
+
+        Raises:
+            CorruptCheckpointError: not a scalar string, or not UTF-8 (pickled
+                bytes, say: they are reported, never loaded).
+        """
+        if self.dtype != DataType.DT_STRING or self.shape != ():
+            raise CorruptCheckpointError(self.path, "expected a scalar string (python state), "
+                                         f"found {dtype_name(self.dtype)}{list(self.shape)}",
+                                         key=self.key)
+        raw = self._reader.read_array(self.key).item()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptCheckpointError(self.path, "python state is not UTF-8 JSON (torchckpt "
+                                         "never unpickles)", key=self.key) from exc
+
+    def json(self) -> Any:
+        """:meth:`text` parsed as JSON: plain data, nothing is imported or called.
+
+        Raises:
+            CorruptCheckpointError: the text is not JSON.
+        """
+        text = self.text()
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise CorruptCheckpointError(self.path, f"python state is not JSON ({exc})",
+                                         key=self.key) from exc
 
 
 class RestoreSession:
-    """Binds checkpoint nodes to live objects and applies values as they appear."""
+    """Binds checkpoint nodes to live objects and applies values as they appear.
+
+    Bookkeeping: ``bound`` maps node ids to live objects; ``applied`` holds the
+    nodes whose values landed; ``pending`` the watched ``(parent node, local
+    name)`` edges whose objects have not appeared yet; ``pending_slots`` maps
+    slot nodes not restored yet to their variable's node.
+    """
 
     def __init__(self, root: Any, reader: BundleReader, graph: ObjectGraph, *,
                  device: torch.device, registry: AdapterRegistry = default_registry) -> None:
         self.root = root
-        self.reader = reader
+        self.reader: BundleReader | None = reader
         self.graph = graph
         self.paths = graph.paths()
         self._registry = registry
@@ -85,16 +144,35 @@ class RestoreSession:
         self._adapters: dict[int, Adapter] = {}
         self.applied: set[int] = set()
         self.pending: dict[tuple[int, str], Handle | None] = {}
-        self.pending_slots: dict[int, str] = {}  # slot node -> description
+        self.pending_slots: dict[int, int] = {}  # slot node -> its variable's node
         self._slot_waiting: dict[int, list[tuple[int, Any]]] = {}  # variable node -> slots
         self._queue: deque[int] = deque()
 
     @classmethod
     def open(cls, root: Any, prefix: str, *, device: torch.device,
              registry: AdapterRegistry = default_registry) -> "RestoreSession":
+        """Read the object graph of the bundle at ``prefix``.
+
+        Raises:
+            UnsupportedFormatError: no object graph (a TF1 name-based checkpoint).
+            CorruptCheckpointError: an unreadable index or object graph.
+        """
         reader = BundleReader(prefix)
-        raw = reader.read_array(OBJECT_GRAPH_PROTO_KEY).item()
-        graph = ObjectGraph.from_bytes(raw, path=reader.index_path)
+        try:
+            if OBJECT_GRAPH_PROTO_KEY not in reader:
+                raise UnsupportedFormatError(
+                    reader.index_path, "no object graph: not an object-based checkpoint (a TF1 "
+                    "name-based Saver writes these); read its tensors with "
+                    "torchckpt.load_checkpoint", key=OBJECT_GRAPH_PROTO_KEY)
+            raw = BundleValue(reader, OBJECT_GRAPH_PROTO_KEY, device)
+            if raw.dtype != DataType.DT_STRING or raw.shape != ():
+                raise CorruptCheckpointError(reader.index_path, "object graph is not a scalar "
+                                             "string", key=OBJECT_GRAPH_PROTO_KEY)
+            data = reader.read_array(OBJECT_GRAPH_PROTO_KEY).item()
+            graph = ObjectGraph.from_bytes(data, path=reader.index_path)
+        except BaseException:
+            reader.close()
+            raise
         return cls(root, reader, graph, device=device, registry=registry)
 
     # --- binding -------------------------------------------------------------------------
@@ -113,6 +191,8 @@ class RestoreSession:
     def _drain(self) -> None:
         while self._queue:
             self._visit(self._queue.popleft())
+        if not self.pending:
+            self._release()
 
     def _visit(self, node_id: int) -> None:
         obj = self.bound[node_id]
@@ -130,11 +210,12 @@ class RestoreSession:
         for slot in node.slot_variables:
             self._slot_waiting.setdefault(slot.original_variable_node_id, []).append(
                 (node_id, slot))
-            self.pending_slots[slot.slot_variable_node_id] = self.describe(
-                slot.slot_variable_node_id)
+            self.pending_slots[slot.slot_variable_node_id] = slot.original_variable_node_id
         self._restore_ready_slots(node_id)
 
     def _defer(self, parent: int, name: str, child: int, adapter: Adapter) -> None:
+        """Wait for ``parent.<name>``. A parent that cannot announce new children
+        returns no handle: its value can never land and counts as unused."""
         key = (parent, name)
         if key in self.pending:
             return
@@ -144,14 +225,19 @@ class RestoreSession:
             self._bind(child, obj)
             self._drain()
 
-        self.pending[key] = None
-        self.pending[key] = adapter.watch(name, arrived)
+        self.pending[key] = None  # placeholder: a watch may call back at once
+        handle = adapter.watch(name, arrived)
+        if handle is None:
+            self.pending.pop(key, None)
+        elif key in self.pending:
+            self.pending[key] = handle
 
     def _restore_ready_slots(self, node_id: int) -> None:
-        """Restore slots whose optimizer and variable are both bound now."""
+        """Restore slots whose optimizer and variable are both visited, the variable
+        holding real data (a meta parameter without a saved value never does)."""
         for var_id in [node_id] + [s.original_variable_node_id
                                    for s in self.graph.nodes[node_id].slot_variables]:
-            if var_id not in self.bound or var_id not in self._adapters:
+            if var_id not in self._adapters or not holds_data(self.bound[var_id]):
                 continue
             waiting = self._slot_waiting.get(var_id, [])
             for opt_id, slot in list(waiting):
@@ -174,6 +260,8 @@ class RestoreSession:
         return done
 
     def _value(self, key: str) -> BundleValue:
+        if self.reader is None:  # cannot happen: the reader is released only when idle
+            raise RuntimeError("restore session already closed")
         return BundleValue(self.reader, key, self._device)
 
     # --- bookkeeping -----------------------------------------------------------------------
@@ -182,36 +270,54 @@ class RestoreSession:
         return self.graph.describe(node_id, self.paths)
 
     def report(self) -> MatchReport:
+        waiting = self._waiting_nodes()
         matched = sorted(self.describe(i) for i in self.applied)
-        waiting_ids = set(self.pending_slots)
-        for (parent, name) in self.pending:
-            waiting_ids.update(self._subtree_with_values(parent, name))
-        pending = sorted(self.describe(i) for i in waiting_ids)
+        pending = sorted(self.describe(i) for i in waiting
+                         if _has_own_values(self.graph.nodes[i]))
         unused = sorted(self.describe(i) for i, n in enumerate(self.graph.nodes)
-                        if _has_own_values(n) and i not in self.applied and i not in waiting_ids)
+                        if _has_own_values(n) and i not in self.applied and i not in waiting)
         return MatchReport(matched, unused, self._unmatched_live(), pending)
 
-    def _subtree_with_values(self, parent: int, name: str) -> list[int]:
+    def _waiting_nodes(self) -> set[int]:
+        """Nodes whose values can still land: everything under a watched edge, and
+        slots whose variable is bound or itself under a watched edge."""
+        waiting: set[int] = set()
+        for (parent, name) in self.pending:
+            waiting.update(self._subtree(parent, name))
+        for slot_node, var_node in self.pending_slots.items():
+            if var_node in waiting or (var_node in self.bound
+                                       and holds_data(self.bound[var_node])):
+                waiting.add(slot_node)
+        return waiting
+
+    def _subtree(self, parent: int, name: str) -> list[int]:
         start = next(c.node_id for c in self.graph.nodes[parent].children if c.local_name == name)
         out, stack, seen = [], [start], set()
         while stack:
             i = stack.pop()
-            if i in seen:
+            if i in seen or i in self.bound:
                 continue
             seen.add(i)
+            out.append(i)
             node = self.graph.nodes[i]
-            if _has_own_values(node):
-                out.append(i)
             stack.extend(c.node_id for c in node.children)
             stack.extend(s.slot_variable_node_id for s in node.slot_variables)
         return out
 
     def _unmatched_live(self) -> list[str]:
+        """Live objects holding values that no checkpoint value reached or is waiting
+        for (a lazy parameter whose value waits for its first forward is not one)."""
         walk, adapters = walk_live(self.root, self._registry)
+        waiting_live = set()
+        for parent, name in self.pending:
+            adapter = self._adapters.get(parent)
+            live = adapter.child(name) if adapter is not None else None
+            if live is not None:
+                waiting_live.add(identity(live))
         out = []
         for obj, path, adapter in zip(walk.objects, walk.paths, adapters):
             node_id = self._bound_ids.get(identity(obj))
-            if adapter.holds_values:
+            if adapter.holds_values and identity(obj) not in waiting_live:
                 if node_id is None or node_id not in self.applied:
                     out.append(readable_path(path))
             for variable, slot_name, _ in adapter.slot_variables():
@@ -230,11 +336,19 @@ class RestoreSession:
                    and s.slot_variable_node_id in self.applied
                    for s in self.graph.nodes[opt_node].slot_variables)
 
+    def _release(self) -> None:
+        """Close the files once no value can arrive any more (nothing is watched)."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
     def close(self) -> None:
+        """Stop waiting: remove every hook and close the files."""
         for handle in self.pending.values():
             if handle is not None:
                 handle.remove()
         self.pending.clear()
+        self._release()
 
 
 def _has_own_values(node: GraphNode) -> bool:

@@ -36,14 +36,29 @@ class SavePlan:
 
 
 def walk_live(root: Any, registry: AdapterRegistry = default_registry) -> tuple[Walk, list[Any]]:
-    """Breadth-first walk of live objects; returns the walk and each node's adapter."""
+    """Breadth-first walk of live objects; returns the walk and each node's adapter.
+
+    Raises:
+        UntrackableError: an object has no adapter; the message says where it is.
+    """
     adapters: dict[Hashable, Any] = {}
+    paths: dict[Hashable, tuple[str, ...]] = {identity(root): ()}
 
     def children_of(obj: Any) -> list[tuple[str, Any]]:
-        adapter = adapters.get(identity(obj))
-        if adapter is None:
-            adapter = adapters[identity(obj)] = registry.adapter(obj)
-        return adapter.children()
+        key = identity(obj)
+        adapter = adapters.get(key)
+        try:
+            if adapter is None:
+                adapter = adapters[key] = registry.adapter(obj)
+            children = adapter.children()
+        except UntrackableError as exc:
+            where = paths.get(key, ())
+            if not where:
+                raise
+            raise UntrackableError(f"{readable_path(where)}: {exc}") from exc
+        for name, child in children:
+            paths.setdefault(identity(child), paths.get(key, ()) + (name,))
+        return children
 
     walk = breadth_first(root, children_of, identity)
     return walk, [adapters[identity(o)] for o in walk.objects]

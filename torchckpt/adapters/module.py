@@ -8,17 +8,23 @@ after a restore.
 Deferred values wait through public torch hooks only: the global module,
 parameter and buffer *registration* hooks (a child attached later), and a
 forward pre-hook registered after the lazy module's own, so values land the
-moment a lazy parameter is materialized and before that forward uses it. Every
-hook is removed as soon as its value has landed.
+moment a lazy parameter is materialized and before that forward uses it.
+
+A lazy module that still has uninitialized parameters is not ready as a whole:
+its first forward calls ``reset_parameters()``, which would overwrite values
+restored before it (``num_batches_tracked`` of ``LazyBatchNorm*``, or a bias a
+lazy module creates eagerly), so all of its children wait for that forward.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import weakref
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .registry import Adapter, Handle
 from .values import is_uninitialized
@@ -43,46 +49,125 @@ class ModuleAdapter(Adapter):
         return None
 
     def child_ready(self, name: str, obj: Any) -> bool:
+        m = self.obj
+        if isinstance(m, LazyModuleMixin) and cast(Any, m).has_uninitialized_params():
+            return False  # its first forward resets every parameter and buffer
         return not is_uninitialized(obj)
 
     def watch(self, name: str, callback: Callable[[Any], None]) -> Handle | None:
         return _ChildWatch(self.obj, name, callback, self.child_ready)
 
 
-class _ChildWatch:
-    """Fires ``callback(child)`` once ``module.<name>`` exists and is ready."""
+class RegistrationWatches:
+    """Routes torch's global module/parameter/buffer registration hooks to watches.
 
-    def __init__(self, module: nn.Module, name: str, callback: Callable[[Any], None],
-                 ready: Callable[[str, Any], bool]) -> None:
-        self._module = module
-        self._name = name
-        self._callback = callback
-        self._ready = ready
-        self._handles = [
-            _module_hooks.register_module_module_registration_hook(self._on_register),
-            _module_hooks.register_module_parameter_registration_hook(self._on_register),
-            _module_hooks.register_module_buffer_registration_hook(self._on_register),
-            module.register_forward_pre_hook(self._on_forward),
-        ]
+    torch runs these hooks in a loop over a dict it does not copy, so no hook may
+    add or remove a torch hook while it runs (``RuntimeError: OrderedDict mutated
+    during iteration``), and a value landing inside one may well create new
+    watches. So one trio of torch hooks serves every watch: watches come and go
+    in this object's own table, which is safe to change at any time. The trio is
+    installed with the first watch and removed once there are none, at the next
+    call made outside a registration hook (:meth:`add`, :meth:`sweep`); until
+    then it only does a dict lookup.
+
+    The table holds watches weakly, so an abandoned restore (say, checkpoint
+    values for a head the live model never gets) does not keep the model alive
+    through torch's process-wide hook dicts: a watch lives as long as the module
+    it watches (its forward pre-hook holds it) or the restore that made it.
+
+    Not thread-safe, like module registration itself.
+    """
+
+    def __init__(self) -> None:
+        self._watches: dict[tuple[int, str], list[weakref.ref[_ChildWatch]]] = {}
+        self._handles: list[Any] = []
+        self._dispatching = 0
+
+    def add(self, watch: _ChildWatch) -> None:
+        self.sweep()
+        self._watches.setdefault((id(watch.module), watch.name), []).append(weakref.ref(watch))
+        if not self._handles:
+            self._handles = [
+                _module_hooks.register_module_module_registration_hook(self._on_register),
+                _module_hooks.register_module_parameter_registration_hook(self._on_register),
+                _module_hooks.register_module_buffer_registration_hook(self._on_register),
+            ]
+
+    def discard(self, watch: _ChildWatch) -> None:
+        key = (id(watch.module), watch.name)
+        refs = [r for r in self._watches.get(key, []) if r() is not None and r() is not watch]
+        if refs:
+            self._watches[key] = refs
+        else:
+            self._watches.pop(key, None)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Forget dead watches; remove the torch hooks if none is left (never inside one)."""
+        if self._dispatching:
+            return
+        for key in [k for k, refs in self._watches.items() if all(r() is None for r in refs)]:
+            del self._watches[key]
+        if not self._watches and self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
 
     def _on_register(self, module: nn.Module, name: str, value: Any) -> None:
-        if module is self._module and name == self._name and value is not None:
-            self._fire(value)
+        refs = self._watches.get((id(module), name))
+        if not refs or value is None:
+            return
+        self._dispatching += 1
+        try:
+            for ref in list(refs):
+                watch = ref()
+                if watch is not None and watch.module is module:
+                    watch.offer(value)
+        finally:
+            self._dispatching -= 1
+
+
+#: The watches of every restore in this process (torch's registration hooks are global).
+default_watches = RegistrationWatches()
+
+
+class _ChildWatch:
+    """Fires ``callback(child)`` once, when ``module.<name>`` exists and is ready."""
+
+    def __init__(self, module: nn.Module, name: str, callback: Callable[[Any], None],
+                 ready: Callable[[str, Any], bool],
+                 watches: RegistrationWatches = default_watches) -> None:
+        self.module = module
+        self.name = name
+        self._callback = callback
+        self._ready = ready
+        self._watches = watches
+        # forward pre-hooks are copied before they run, so removing one inside is safe
+        self._forward = module.register_forward_pre_hook(self._on_forward)
+        self._open = True
+        watches.add(self)
 
     def _on_forward(self, module: nn.Module, args: Any) -> None:
-        value = ModuleAdapter(module).child(self._name)
+        value = ModuleAdapter(module).child(self.name)
         if value is not None:
-            self._fire(value)
+            self.offer(value)
+        self._watches.sweep()
 
-    def _fire(self, value: Any) -> None:
-        if self._handles and self._ready(self._name, value):
+    def offer(self, value: Any) -> None:
+        """Fire if ``value`` can take its checkpoint values now."""
+        if self._open and self._ready(self.name, value):
             self.remove()
             self._callback(value)
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        if self._open:
+            self._open = False
+            self._forward.remove()
+            self._watches.discard(self)
 
 
 def is_module(obj: Any) -> bool:

@@ -12,8 +12,11 @@ Hyperparameters of each param group, and any non-tensor per-parameter state,
 are a JSON ``py_state`` attribute (no pickle). Restored state is placed as
 ``Optimizer.load_state_dict`` would place it: floating tensors on the
 parameter's device and dtype, ``step`` where the optimizer keeps it. State of
-a parameter that is not materialized yet is held and applied by a step
-pre-hook, before the first ``step()`` that uses it.
+a parameter that is not materialized yet (a lazy module's, before its first
+forward) waits in the restore until the parameter is, which is before the
+first ``step()`` that could use it; the state is then in place when ``step()``
+runs, so the optimizer continues from the restored moments instead of
+initializing fresh ones.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import MismatchError
+from ..errors import CorruptCheckpointError, MismatchError
 from ..graph.keys import PY_STATE_KEY
 from .registry import Adapter, ValueSource
-from .stateful import TENSOR_ATTRIBUTE, decode_state, encode_state
+from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
 from .tensors import torch_dtype_of
-from .values import is_uninitialized
 
 _STEP_SLOTS = ("step",)
 
@@ -38,11 +40,6 @@ def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 class OptimizerAdapter(Adapter):
     holds_values = True
-
-    def __init__(self, obj: torch.optim.Optimizer) -> None:
-        super().__init__(obj)
-        self._pending: dict[int, tuple[torch.Tensor, list[tuple[str, ValueSource, Callable[[], None]]]]] = {}
-        self._hook: Any = None
 
     # --- saving --------------------------------------------------------------------------
 
@@ -75,46 +72,32 @@ class OptimizerAdapter(Adapter):
     def restore(self, values: dict[str, ValueSource]) -> None:
         if PY_STATE_KEY not in values:
             return
-        tensors = []
-        while TENSOR_ATTRIBUTE.format(len(tensors)) in values:
-            tensors.append(values[TENSOR_ATTRIBUTE.format(len(tensors))].tensor("cpu"))
-        saved = decode_state(values[PY_STATE_KEY].text(), tensors)
+        saved = read_state(values)
+        if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+                or not isinstance(saved.get("state"), dict) \
+                or not all(isinstance(g, dict) for g in saved["param_groups"]):
+            source = values[PY_STATE_KEY]
+            raise CorruptCheckpointError(source.path, "optimizer python state lacks "
+                                         "'param_groups'/'state'", key=source.key)
         live = self.obj.param_groups
         if len(saved["param_groups"]) != len(live):
             raise MismatchError(values[PY_STATE_KEY].key, "param group count",
                                 saved=len(saved["param_groups"]), live=len(live))
         for group, hyper in zip(live, saved["param_groups"]):
-            for k, v in hyper.items():
-                if k in group and isinstance(group[k], tuple) and isinstance(v, list):
-                    v = tuple(v)
-                group[k] = v
+            # "params" is the live group's own list; a file never replaces it
+            group.update({k: v for k, v in hyper.items() if k != "params"})
         params = _params(self.obj)
         for index, other in saved["state"].items():
-            if int(index) < len(params):
+            # non-tensor per-parameter state (LBFGS counters) goes by position
+            if index.isdigit() and int(index) < len(params) and isinstance(other, dict):
                 self.obj.state[params[int(index)]].update(other)
 
     def restore_slot(self, variable: Any, slot_name: str, value: ValueSource,
                      done: Callable[[], None]) -> None:
-        if variable.is_meta or is_uninitialized(variable):
-            entry = self._pending.setdefault(id(variable), (variable, []))
-            entry[1].append((slot_name, value, done))
-            if self._hook is None:
-                self._hook = self.obj.register_step_pre_hook(self._apply_pending)
-            return
+        """Put one state tensor of ``variable`` in place (the restore calls this only
+        once ``variable`` holds real data: not meta, not a lazy placeholder)."""
         self._apply(variable, slot_name, value)
         done()
-
-    def _apply_pending(self, *_: Any) -> None:
-        for key, (param, slots) in list(self._pending.items()):
-            if param.is_meta or is_uninitialized(param):
-                continue
-            for slot_name, value, done in slots:
-                self._apply(param, slot_name, value)
-                done()
-            del self._pending[key]
-        if not self._pending and self._hook is not None:
-            self._hook.remove()
-            self._hook = None
 
     def _apply(self, param: torch.Tensor, slot_name: str, value: ValueSource) -> None:
         state = self.obj.state[param]
@@ -124,12 +107,18 @@ class OptimizerAdapter(Adapter):
             with torch.no_grad():
                 value.copy_into(existing)
             return
-        state[slot_name] = self._placed(param, slot_name, value.tensor("cpu"))
+        # tensor_like: a sharded (DTensor) parameter gets state sharded like it, of which
+        # only this rank's part is read (torchckpt.distributed); others as before.
+        fresh = value.tensor("cpu") if slot_name in _STEP_SLOTS else value.tensor_like(param)
+        state[slot_name] = self._placed(param, slot_name, fresh)
 
     def _placed(self, param: torch.Tensor, slot_name: str, t: torch.Tensor) -> torch.Tensor:
         """Where ``Optimizer.load_state_dict`` would put a state tensor."""
         if slot_name in _STEP_SLOTS:
-            group = next(g for g in self.obj.param_groups if any(p is param for p in g["params"]))
+            # a parameter restored before it joins a group (add_param_group later) gets
+            # the default placement, as a non-capturable, non-fused optimizer keeps it
+            group: dict[str, Any] = next(
+                (g for g in self.obj.param_groups if any(p is param for p in g["params"])), {})
             if group.get("capturable") or group.get("fused"):
                 return t.to(param.device)
             return t

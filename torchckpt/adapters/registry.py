@@ -40,9 +40,16 @@ class Handle(Protocol):
 
 
 class ValueSource(Protocol):
-    """A saved value, read on demand (see ``torchckpt.restoring``)."""
+    """A saved value, read on demand (see ``torchckpt.restoring``).
+
+    ``key`` is its checkpoint key and ``path`` the file it comes from (for
+    error messages). ``text()``/``json()`` read string values (python state);
+    they raise ``CorruptCheckpointError`` for anything but UTF-8 JSON and never
+    unpickle or import anything.
+    """
 
     key: str
+    path: str
     dtype: int
     shape: tuple[int, ...]
 
@@ -50,7 +57,14 @@ class ValueSource(Protocol):
 
     def copy_into(self, dest: torch.Tensor) -> None: ...
 
+    def tensor_like(self, template: torch.Tensor) -> torch.Tensor:
+        """A new tensor holding the value, laid out like ``template`` (a DTensor
+        template gives a DTensor with its mesh and placements)."""
+        ...
+
     def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
 class Adapter:

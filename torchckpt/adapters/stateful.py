@@ -17,11 +17,14 @@ from typing import Any
 
 import torch
 
-from ..errors import UntrackableError
+from ..errors import CorruptCheckpointError, UntrackableError
 from ..graph.keys import PY_STATE_KEY
 from .registry import Adapter, ValueSource
 
 TENSOR_ATTRIBUTE = "tensor_{}"
+# A one-key JSON object with one of these keys is a tag; a user dict that looks
+# like one is written in the tagged "__dict__" form so it comes back as itself.
+_TAGS = frozenset({"__tensor__", "__float__", "__tuple__", "__dict__"})
 
 
 def encode_state(state: Any, path: str = "state") -> tuple[str, list[torch.Tensor]]:
@@ -37,7 +40,7 @@ def encode_state(state: Any, path: str = "state") -> tuple[str, list[torch.Tenso
         if isinstance(v, float):
             return v if math.isfinite(v) else {"__float__": repr(v)}
         if isinstance(v, dict):
-            if all(isinstance(k, str) for k in v) and "__tensor__" not in v:
+            if all(isinstance(k, str) for k in v) and not (len(v) == 1 and set(v) <= _TAGS):
                 return {k: enc(x, f"{where}.{k}") for k, x in v.items()}
             return {"__dict__": [[enc(k, where), enc(x, f"{where}[{k!r}]")] for k, x in v.items()]}
         if isinstance(v, tuple):
@@ -50,29 +53,76 @@ def encode_state(state: Any, path: str = "state") -> tuple[str, list[torch.Tenso
     return json.dumps(enc(state, path), sort_keys=False, allow_nan=False), tensors
 
 
-def decode_state(text: str, tensors: list[torch.Tensor]) -> Any:
-    """Inverse of :func:`encode_state`."""
+def decode_state(data: Any, tensors: list[torch.Tensor]) -> Any:
+    """Inverse of :func:`encode_state`, from the parsed JSON.
+
+    The tags only rebuild containers and look tensors up by index; the data
+    cannot name anything to import or call (a ``"__reduce__"`` key is a key).
+
+    Raises:
+        ValueError: a malformed tag (a forged or damaged file).
+    """
 
     def dec(v: Any) -> Any:
         if isinstance(v, list):
             return [dec(x) for x in v]
-        if isinstance(v, dict):
-            if "__tensor__" in v and len(v) == 1:
-                return tensors[v["__tensor__"]]
-            if "__float__" in v and len(v) == 1:
-                return float(v["__float__"])
-            if "__tuple__" in v and len(v) == 1:
-                return tuple(dec(x) for x in v["__tuple__"])
-            if "__dict__" in v and len(v) == 1:
-                return {_hashable(dec(k)): dec(x) for k, x in v["__dict__"]}
-            return {k: dec(x) for k, x in v.items()}
-        return v
+        if not isinstance(v, dict):
+            return v
+        if len(v) == 1:
+            (tag, body), = v.items()
+            if tag == "__tensor__":
+                if type(body) is not int or not 0 <= body < len(tensors):
+                    raise ValueError(f"tensor placeholder {body!r} is not an index below "
+                                     f"{len(tensors)}")
+                return tensors[body]
+            if tag == "__float__":
+                if not isinstance(body, str):
+                    raise ValueError(f"float placeholder {body!r} is not a string")
+                return float(body)
+            if tag == "__tuple__":
+                return tuple(dec(x) for x in _list(body, tag))
+            if tag == "__dict__":
+                pairs = [_list(p, "__dict__ item") for p in _list(body, tag)]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError("__dict__ items must be [key, value] pairs")
+                try:
+                    return {_hashable(dec(k)): dec(x) for k, x in pairs}
+                except TypeError as exc:  # an unhashable key
+                    raise ValueError(f"bad __dict__ key: {exc}") from exc
+        return {k: dec(x) for k, x in v.items()}
 
-    return dec(json.loads(text))
+    try:
+        return dec(data)
+    except RecursionError as exc:
+        raise ValueError("python state nested too deeply") from exc
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError(f"{what} must be a list, found {type(v).__name__}")
+    return v
 
 
 def _hashable(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
+
+
+def read_state(values: dict[str, ValueSource]) -> Any:
+    """The state :func:`encode_state` saved as ``py_state`` + ``tensor_i`` attributes.
+
+    Raises:
+        CorruptCheckpointError: ``py_state`` is not JSON, or its tags are malformed.
+    """
+    source = values[PY_STATE_KEY]
+    data = source.json()
+    tensors: list[torch.Tensor] = []
+    while TENSOR_ATTRIBUTE.format(len(tensors)) in values:
+        tensors.append(values[TENSOR_ATTRIBUTE.format(len(tensors))].tensor("cpu"))
+    try:
+        return decode_state(data, tensors)
+    except ValueError as exc:
+        raise CorruptCheckpointError(source.path, f"malformed python state: {exc}",
+                                     key=source.key) from exc
 
 
 class StatefulAdapter(Adapter):
@@ -88,11 +138,5 @@ class StatefulAdapter(Adapter):
         return out
 
     def restore(self, values: dict[str, ValueSource]) -> None:
-        if PY_STATE_KEY not in values:
-            return
-        tensors = []
-        i = 0
-        while TENSOR_ATTRIBUTE.format(i) in values:
-            tensors.append(values[TENSOR_ATTRIBUTE.format(i)].tensor("cpu"))
-            i += 1
-        self.obj.load_state_dict(decode_state(values[PY_STATE_KEY].text(), tensors))
+        if PY_STATE_KEY in values:
+            self.obj.load_state_dict(read_state(values))

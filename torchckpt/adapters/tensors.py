@@ -161,7 +161,8 @@ def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:
     """
     target = torch_dtype_of(dtype)
     info = FIXED_WIDTH[DataType(dtype)]
-    array = np.ascontiguousarray(array, dtype=info.storage)
+    # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+    array = np.asarray(array).astype(info.storage, order="C", copy=False)
     if not array.flags.writeable:
         array = array.copy()  # torch.from_numpy would share read-only memory
     sub_byte = _SUB_BYTE.get(DataType(dtype))
@@ -176,11 +177,13 @@ def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:
 
 
 def _normalize_sub_byte(array: np.ndarray, bits: int, signed: bool) -> np.ndarray:
-    low = array.view(np.uint8) & np.uint8((1 << bits) - 1)
-    if not signed:
-        return low
-    sign = np.uint8(1 << (bits - 1))
-    return ((low ^ sign).view(np.int8) - np.int8(sign)).astype(np.int8, copy=False)
+    out = np.bitwise_and(array.view(np.uint8), (1 << bits) - 1, dtype=np.uint8)
+    if signed:
+        sign = 1 << (bits - 1)
+        out = np.subtract(np.bitwise_xor(out, sign, dtype=np.uint8).view(np.int8), sign,
+                          dtype=np.int8)
+    # ufuncs turn a 0-d array into a numpy scalar, which torch.from_numpy refuses
+    return out if isinstance(out, np.ndarray) else np.array(out)
 
 
 def destination_buffer(t: torch.Tensor) -> memoryview:

@@ -13,22 +13,27 @@ import json
 from typing import Any
 
 import torch
-from torch.nn.parameter import UninitializedTensorMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..errors import MismatchError
+from ..errors import MismatchError, UntrackableError
 from ..graph.keys import PY_STATE_KEY, VARIABLE_VALUE_KEY
 from .registry import Adapter, ValueSource
-from .tensors import torch_dtype_of
+from .tensors import torch_dtype_or_name
 
 
 def is_uninitialized(t: Any) -> bool:
     """True for a lazy module's parameter or buffer that has no shape yet."""
-    return isinstance(t, UninitializedTensorMixin)
+    return isinstance(t, (UninitializedParameter, UninitializedBuffer))
+
+
+def holds_data(t: Any) -> bool:
+    """False for a tensor that has no values yet: on the meta device, or lazy."""
+    return not (isinstance(t, torch.Tensor) and (t.is_meta or is_uninitialized(t)))
 
 
 def check_compatible(dest: torch.Tensor, src: ValueSource) -> None:
     """Raise ``MismatchError`` unless ``src`` has ``dest``'s shape and dtype."""
-    saved_dtype = torch_dtype_of(src.dtype)
+    saved_dtype = torch_dtype_or_name(src.dtype)
     if tuple(dest.shape) != tuple(src.shape):
         raise MismatchError(src.key, "shape", saved=list(src.shape), live=list(dest.shape))
     if dest.dtype != saved_dtype:
@@ -92,6 +97,10 @@ class ValueSlot:
     def set(self, value: Any) -> None:
         if self._setter is not None:
             self._setter(value)
+        elif isinstance(self.container, tuple):
+            if self.container[self.key] != value:
+                raise UntrackableError(f"cannot restore {value!r} into element {self.key} of a "
+                                       "tuple (tuples are immutable); use a list")
         elif isinstance(self.container, (dict, list)):
             self.container[self.key] = value
         else:
@@ -121,13 +130,16 @@ class ScalarAdapter(Adapter):
     def restore(self, values: dict[str, ValueSource]) -> None:
         current = self.obj.get()
         if PY_STATE_KEY in values:
-            self.obj.set(json.loads(values[PY_STATE_KEY].text()))
+            self.obj.set(values[PY_STATE_KEY].json())
             return
         src = values.get(VARIABLE_VALUE_KEY)
         if src is None:
             return
         if src.shape != ():
             raise MismatchError(src.key, "shape", saved=list(src.shape), live=[])
+        if not isinstance(torch_dtype_or_name(src.dtype), torch.dtype):
+            raise MismatchError(src.key, "dtype", saved=torch_dtype_or_name(src.dtype),
+                                live=type(current).__name__)
         value = src.tensor("cpu").item()
         self.obj.set(type(current)(value) if type(current) in _SCALAR_DTYPES else value)
 
@@ -145,4 +157,5 @@ class GeneratorAdapter(Adapter):
     def restore(self, values: dict[str, ValueSource]) -> None:
         src = values.get(VARIABLE_VALUE_KEY)
         if src is not None:
+            check_compatible(self.obj.get_state(), src)
             self.obj.set_state(src.tensor("cpu"))

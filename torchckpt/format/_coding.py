@@ -29,6 +29,13 @@ def put_varint(value: int) -> bytes:
     """Unsigned LEB128 encoding of a non-negative ``value`` (< 2**64)."""
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # unrolled for sizes and offsets: one call per index entry field
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
+                      value >> 21))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

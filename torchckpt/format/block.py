@@ -16,11 +16,23 @@ the restart array, so a reader can binary-search restarts. An empty block is
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ._coding import DecodeError, get_varint, put_varint
 
 _U32 = struct.Struct("<I")
+
+
+def shared_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix of ``a`` and ``b``.
+
+    XOR of the two prefixes read as big-endian integers: the first differing
+    byte is the highest non-zero one. C speed whatever the key length, where a
+    byte loop costs ~60 ns per shared byte (keys share ~20-40 bytes).
+    """
+    n = min(len(a), len(b))
+    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - (x.bit_length() + 7) // 8
 
 
 class BlockBuilder:
@@ -53,10 +65,7 @@ class BlockBuilder:
     def add(self, key: bytes, value: bytes) -> None:
         shared = 0
         if self._counter < self._interval:
-            last = self._last_key
-            n = min(len(last), len(key))
-            while shared < n and last[shared] == key[shared]:
-                shared += 1
+            shared = shared_prefix(self._last_key, key)
         else:
             self._restarts.append(len(self._buf))
             self._counter = 0
@@ -71,6 +80,51 @@ class BlockBuilder:
         self._last_key = key
         self._counter += 1
         self._empty = False
+
+    def add_many(self, keys: Sequence[bytes], values: Sequence[bytes], start: int,
+                 full_at: int) -> int:
+        """:meth:`add` ``keys[start:]`` with ``values[start:]`` until the block is full.
+
+        Returns the index of the first entry not added. The block is full once
+        :meth:`current_size_estimate` reaches ``full_at`` (checked after each
+        entry). An entry whose key and value take ``2 * full_at`` bytes or more
+        is not added to a non-empty block (TF ``table_builder.cc``: such an
+        entry gets a block of its own), so the caller flushes first. The bytes
+        are those of one :meth:`add` per entry; the loop runs in one frame
+        because the index of 50,000 tensors is built by it.
+
+        REQUIRES: keys in strictly increasing order (the table checks).
+        """
+        buf = self._buf
+        restarts = self._restarts
+        interval, counter, last, empty = self._interval, self._counter, self._last_key, self._empty
+        from_bytes = int.from_bytes
+        i, n = start, len(keys)
+        while i < n:
+            key, value = keys[i], values[i]
+            vlen = len(value)
+            if not empty and len(key) + vlen >= 2 * full_at:
+                break
+            if counter < interval:  # shared_prefix(last, key), inline
+                m = min(len(last), len(key))
+                shared = m - ((from_bytes(last[:m], "big") ^ from_bytes(key[:m], "big"))
+                              .bit_length() + 7) // 8
+            else:
+                restarts.append(len(buf))
+                counter = shared = 0
+            non_shared = len(key) - shared
+            if shared < 0x80 and non_shared < 0x80 and vlen < 0x80:
+                buf += bytes((shared, non_shared, vlen))
+            else:
+                buf += put_varint(shared) + put_varint(non_shared) + put_varint(vlen)
+            buf += key[shared:]
+            buf += value
+            last, counter, empty = key, counter + 1, False
+            i += 1
+            if len(buf) + 4 * len(restarts) + 4 >= full_at:
+                break
+        self._counter, self._last_key, self._empty = counter, last, empty
+        return i
 
     def finish(self) -> bytes:
         """Append the restart array and return the block contents."""
@@ -90,6 +144,8 @@ def iter_block(contents: bytes | memoryview) -> Iterator[tuple[bytes, int, int]]
     Raises:
         DecodeError: malformed contents, with the offset inside the block.
     """
+    if not isinstance(contents, bytes):  # slicing bytes gives keys without a second copy
+        contents = bytes(contents)
     n = len(contents)
     if n < 4:
         raise DecodeError("block shorter than its restart count", 0)
@@ -115,7 +171,7 @@ def iter_block(contents: bytes | memoryview) -> Iterator[tuple[bytes, int, int]]
             raise DecodeError("entry shares more bytes than the previous key has", entry_at)
         if non_shared + value_len > limit - pos:
             raise DecodeError("entry runs past the end of the block", entry_at)
-        key = key[:shared] + bytes(contents[pos:pos + non_shared])
+        key = key[:shared] + contents[pos:pos + non_shared]
         pos += non_shared
         yield key, pos, pos + value_len
         pos += value_len

@@ -7,6 +7,7 @@ so a crashed save never leaves a file that a reader would take for a real one.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 
@@ -38,3 +39,26 @@ def prefix_of(path: str) -> str:
     if sep and "-of-" in tail:
         return base
     return path
+
+
+def final_path_of_temp(path: str) -> str | None:
+    """The file a :func:`temp_path` name stands for (``x.index.tempstate12`` -> ``x.index``)."""
+    base, sep, tail = path.rpartition(TEMP_INFIX)
+    return base if sep and tail.isdigit() and os.sep not in tail else None
+
+
+def bundle_files(prefix: str) -> list[str]:
+    """The files of ``prefix`` that exist: ``.index`` first, then data shards in order.
+
+    That is the order to delete them in: without its index a prefix no longer
+    exists for any reader (TF's ``CheckpointManager`` deletes in this order too).
+    """
+    index = [index_path(prefix)] if os.path.isfile(index_path(prefix)) else []
+    return index + sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
+
+
+def temp_files(prefix: str) -> list[str]:
+    """Temporary files an interrupted write of ``prefix`` left behind (never read by anyone)."""
+    pattern = glob.escape(prefix) + "*" + TEMP_INFIX + "*"
+    return sorted(p for p in glob.glob(pattern)
+                  if (final := final_path_of_temp(p)) is not None and prefix_of(final) == prefix)

@@ -20,6 +20,7 @@ directory that holds the file. Writes go to ``checkpoint.tmp<hex>`` then
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 
@@ -131,6 +132,17 @@ def write_state(directory: str, model_checkpoint_path: str,
         except FileNotFoundError:
             pass
         raise
+
+
+def state_temp_files(directory: str, latest_filename: str = STATE_FILENAME) -> list[str]:
+    """Temporary state files an interrupted :func:`write_state` (or TF's
+    ``atomic_write_string_to_file``: ``.tmp`` + 32 hex digits) left in ``directory``."""
+    pattern = re.compile(re.escape(latest_filename) + r"\.tmp[0-9a-f]{32}")
+    try:
+        names = os.listdir(directory or ".")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(os.path.join(directory, n) for n in names if pattern.fullmatch(n))
 
 
 def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME) -> str | None:

@@ -18,8 +18,9 @@ builder below reproduces TF's files byte for byte.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from . import _crc32c
 from ._coding import DecodeError, get_fixed32, get_varint, put_fixed32, put_varint
@@ -133,6 +134,39 @@ class TableBuilder:
         if self._data.current_size_estimate() >= self._block_size:
             self._flush()
 
+    def add_many(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """:meth:`add` every ``(keys[i], values[i])``, with the block loop in one frame.
+
+        Same bytes as one :meth:`add` per pair (same block splits, separators
+        and large-entry flushes); ~1 us per entry instead of ~3 us.
+
+        Raises:
+            ValueError: keys not strictly increasing (after the last key added).
+        """
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values")
+        if not keys:
+            return
+        last = self._last_key
+        if last is not None and keys[0] <= last:
+            raise ValueError(f"table keys must be strictly increasing: {keys[0]!r} after {last!r}")
+        if not all(map(operator.lt, keys, keys[1:])):
+            i = next(i for i in range(1, len(keys)) if keys[i] <= keys[i - 1])
+            raise ValueError(f"table keys must be strictly increasing: {keys[i]!r} after "
+                             f"{keys[i - 1]!r}")
+        i, n = 0, len(keys)
+        while i < n:
+            if self._pending is not None:
+                self._index.add(shortest_separator(self._last_key or b"", keys[i]),
+                                self._pending.encode())
+                self._pending = None
+            j = self._data.add_many(keys, values, i, self._block_size)
+            if j > i:
+                self._last_key = keys[j - 1]
+            if j < n or self._data.current_size_estimate() >= self._block_size:
+                self._flush()  # full, or the next entry is overly large
+            i = j
+
     def _flush(self) -> None:
         if self._data.empty:
             return
@@ -178,8 +212,12 @@ def _read_block(buf: bytes | memoryview, handle: BlockHandle) -> memoryview:
     return contents
 
 
-def iter_table(buf: bytes | memoryview) -> Iterator[tuple[bytes, memoryview]]:
+def iter_table(buf: bytes | memoryview) -> Iterator[tuple[bytes, bytes]]:
     """Yield every ``(key, value)`` of a table held in ``buf``, in key order.
+
+    Each data block is copied once into ``bytes`` (at most 256 KiB at a time),
+    because slicing ``bytes`` is cheaper than slicing a ``memoryview`` and then
+    copying the key out of it; with 50,000 entries this is most of the cost.
 
     Raises:
         DecodeError: anything malformed (bad magic, handle out of range, block
@@ -192,7 +230,7 @@ def iter_table(buf: bytes | memoryview) -> Iterator[tuple[bytes, memoryview]]:
     previous: bytes | None = None
     for _sep, start, end in iter_block(index):
         handle, _ = BlockHandle.decode(index, start, end)
-        block = _read_block(buf, handle)
+        block = bytes(_read_block(buf, handle))
         for key, vstart, vend in iter_block(block):
             if previous is not None and key <= previous:
                 raise DecodeError("table keys are not in increasing order", handle.offset)

@@ -13,6 +13,10 @@ TensorFlow's ``CheckpointLoadStatus`` semantics (``python/checkpoint/checkpoint.
 Failures raise :class:`~torchckpt.errors.UnmatchedError` listing readable paths.
 The status is computed on demand from a :class:`MatchSource`, so it reflects
 values that landed after ``restore()`` returned.
+
+The status of ``restore(None)`` has no source; like TF's
+``InitializationOnlyStatus`` every assertion on it fails (nothing was
+restored), while ``expect_partial()`` is fine.
 """
 
 from __future__ import annotations
@@ -44,11 +48,23 @@ class RestoreStatus:
         self._source = source
 
     def report(self) -> MatchReport:
+        """What matched, what is unused, unmatched or pending, now."""
         if self._source is None:
             return MatchReport([], [], [], [])
         return self._source.report()
 
+    def _require_source(self) -> None:
+        if self._source is None:
+            raise UnmatchedError("no checkpoint was given (save_path=None); nothing was "
+                                 "restored")
+
     def assert_consumed(self) -> "RestoreStatus":
+        """Every checkpoint value was applied and every live object got a value.
+
+        Raises:
+            UnmatchedError: listing unused, pending and unmatched live paths.
+        """
+        self._require_source()
         r = self.report()
         problems = []
         if r.unused_in_checkpoint:
@@ -66,6 +82,14 @@ class RestoreStatus:
         return self
 
     def assert_existing_objects_matched(self) -> "RestoreStatus":
+        """Every live object that holds values (tensors, optimizer state, python
+        state) got one from the checkpoint or is waiting for it; unused checkpoint
+        values are allowed.
+
+        Raises:
+            UnmatchedError: listing the unmatched live paths.
+        """
+        self._require_source()
         r = self.report()
         if r.unmatched_live:
             raise UnmatchedError("some live objects were not matched:\n"
@@ -76,6 +100,14 @@ class RestoreStatus:
         return self
 
     def assert_nontrivial_match(self) -> "RestoreStatus":
+        """Some value besides the root's landed. As in TF, ``save_counter`` counts: after
+        ``restore()`` (which creates it) of a ``save()``-written file this passes even
+        when nothing else matched.
+
+        Raises:
+            UnmatchedError: nothing matched.
+        """
+        self._require_source()
         r = self.report()
         if not r.matched:
             raise UnmatchedError("nothing in the checkpoint matched any object besides the root",
@@ -84,6 +116,8 @@ class RestoreStatus:
         return self
 
     def expect_partial(self) -> "RestoreStatus":
+        """Say a partial restore is intended. torchckpt never warns at garbage
+        collection, so there is nothing to silence: this returns the status."""
         return self
 
     def run_restore_ops(self, session: object = None) -> None:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything the tests need and runs the whole suite (README "Quick start"; .ci/run).
+#
+# torch 2.13.0 goes in first so that the project's `torch>=2.4` requirement is already
+# satisfied by it; then the project itself with its `test` extra, which pins
+# tensorflow-cpu and tf-keras 2.21.0 for the interop tests. TORCHCKPT_REQUIRE_TF makes
+# the suite fail at once, rather than skip, when TensorFlow cannot be imported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install torch==2.13.0
+python -m pip install -e '.[test]'
+export TORCHCKPT_REQUIRE_TF=1
+python -m pytest -q "$@"

@@ -1,0 +1,59 @@
+"""Fixtures for the multi-process tests: one run of ``dist_phases.py`` per session.
+
+The phases run in a subprocess (it forks process groups, which the pytest
+process, possibly with TensorFlow's threads in it, must not do) and leaves
+its results under a ``tmp_path_factory`` folder; the tests only read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PHASES = HERE / "dist_phases.py"
+REPO = HERE.parent.parent
+EXPECTED_EXIT = {
+    "save4": [0, 0, 0, 0], "on2": [0, 0], "on4": [0, 0, 0, 0], "disagree": [0, 0],
+    "write_error": [0, 0], "crash_first": [0, 0],
+    "crash_writer": [0, -9], "crash_committer": [-9, 0], "crash_recover": [0, 0],
+}
+
+
+@dataclass
+class DistRun:
+    workdir: Path
+    phases: dict[str, Any]
+    log: str
+
+    def json(self, name: str) -> Any:
+        return json.loads((self.workdir / name).read_text())
+
+    def check(self, *phases: str) -> None:
+        """Fail with the harness log unless ``phases`` ended as planned."""
+        for name in phases:
+            got = self.phases.get(name, {}).get("exit")
+            if got != EXPECTED_EXIT[name]:
+                pytest.fail(f"phase {name} exited {got}, expected {EXPECTED_EXIT[name]}; "
+                            f"harness log:\n{self.log[-6000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dist_run(tmp_path_factory: pytest.TempPathFactory) -> DistRun:
+    workdir = tmp_path_factory.mktemp("distributed")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = subprocess.run([sys.executable, str(PHASES), str(workdir)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    phases_file = workdir / "phases.json"
+    if proc.returncode != 0 or not phases_file.exists():
+        pytest.fail(f"dist_phases.py failed ({proc.returncode}):\n{log[-6000:]}", pytrace=False)
+    return DistRun(workdir, json.loads(phases_file.read_text()), log)

@@ -1,0 +1,85 @@
+"""Acceptance (d): a rank killed mid-save leaves the previous checkpoint latest and intact.
+
+Two crashes in the same directory, then recovery (see ``dist_phases``):
+
+* rank 1 SIGKILLed after part of its data file is on disk;
+* rank 0 SIGKILLed after every data file is durable, just before the index.
+
+After each, ``latest`` still names ``ckpt-1`` and ``ckpt-2`` has no index; the
+surviving rank raised within seconds (gloo notices the closed connection; the
+process group's timeout bounds a hung peer). A new group then restores the
+latest (bit-exactly ``ckpt-1``) and saves ``ckpt-2`` over the leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from compare import assert_same_values
+from dist_harness import PG_TIMEOUT_S, full_values, load_dump, mlp
+
+from torchckpt import Checkpoint
+
+
+def _previous_is_latest(run, phase: str) -> None:
+    state = run.json(f"after-{phase}.json")
+    assert state["latest"] == os.path.join(run.workdir, "crash", "ckpt-1")
+    assert "ckpt-2.index" not in state["files"]
+    assert "ckpt-1.index" in state["files"]
+
+
+def _survivor_raised(run, phase: str, rank: int) -> None:
+    outcome = run.json(f"{phase}-{rank}.json")
+    assert outcome["raised"] == "DistributedCheckpointError", outcome
+    assert outcome["seconds"] < PG_TIMEOUT_S, outcome
+
+
+def test_writer_killed_mid_write(dist_run) -> None:
+    dist_run.check("crash_first", "crash_writer")
+    _survivor_raised(dist_run, "crash_writer", rank=0)
+    _previous_is_latest(dist_run, "crash_writer")
+
+
+def test_committer_killed_before_index(dist_run) -> None:
+    dist_run.check("crash_first", "crash_writer", "crash_committer")
+    _survivor_raised(dist_run, "crash_committer", rank=1)
+    _previous_is_latest(dist_run, "crash_committer")
+    files = dist_run.json("after-crash_committer.json")["files"]
+    assert {"ckpt-2.data-00000-of-00002", "ckpt-2.data-00001-of-00002"} <= set(files)
+
+
+def test_next_save_succeeds(dist_run) -> None:
+    dist_run.check("crash_first", "crash_writer", "crash_committer", "crash_recover")
+    first, _ = load_dump(dist_run.workdir, "crash1")
+    recovered, _ = load_dump(dist_run.workdir, "crash_recovered")
+    assert_same_values(first, recovered, "ckpt-1 after two crashed saves")
+    state = dist_run.json("after-crash_recover.json")
+    second = os.path.join(dist_run.workdir, "crash", "ckpt-2")
+    assert state["latest"] == second
+    model = mlp(seed=0)
+    ckpt = Checkpoint(model=model, optimizer=torch.optim.Adam(model.parameters()))
+    ckpt.restore(second).assert_consumed()
+    want, _ = load_dump(dist_run.workdir, "crash2")
+    assert_same_values(want, full_values(ckpt), "ckpt-2 saved after the crashes")
+
+
+def test_ranks_that_disagree_all_refuse(dist_run) -> None:
+    """Different prefixes (or objects) on different ranks: every rank raises, nothing written."""
+    dist_run.check("disagree")
+    for rank in range(2):
+        outcome = dist_run.json(f"disagree-{rank}.json")
+        assert outcome["raised"] == "DistributedCheckpointError", outcome
+        assert "same prefix" in outcome["message"]
+    assert not os.path.exists(os.path.join(dist_run.workdir, "disagree"))
+
+
+def test_a_failed_write_fails_every_rank(dist_run) -> None:
+    dist_run.check("write_error")
+    for rank in range(2):
+        outcome = dist_run.json(f"write_error-{rank}.json")
+        assert outcome["raised"] == "DistributedCheckpointError", outcome
+        assert outcome["ranks"] == [1]
+    files = os.listdir(os.path.join(dist_run.workdir, "write_error"))
+    assert "ckpt.index" not in files
+    assert not any(".tempstate" in f for f in files), files  # rank 1 removed its temporary

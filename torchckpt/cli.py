@@ -1,0 +1,374 @@
+"""The ``torchckpt`` command line (also ``python -m torchckpt``).
+
+Commands, each taking a checkpoint prefix, a directory (its latest checkpoint;
+``verify`` checks every checkpoint its state file lists) or a bundle file name:
+
+* ``inspect PATH [--tensor NAME] [--all]``: keys, dtypes and shapes, like TF's
+  ``inspect_checkpoint``; ``--tensor`` prints one value, ``--all`` every value.
+* ``graph PATH``: the object graph as a tree, with optimizer slot links.
+* ``verify PATH``: read every entry and verify every checksum; exit 1 on damage.
+* ``convert PATH --to OUT.safetensors [--assignment-map FILE.json]``: write the
+  tensors to safetensors under their checkpoint keys, or renamed by an
+  assignment map (names only: layouts are converted by
+  :func:`torchckpt.convert.load_tf_weights`, which knows the target modules).
+* ``diff A B``: keys, dtypes, shapes and values that differ; exit 1 if any.
+
+Exit status: 0 success, 1 damage or differences found, 2 usage or read errors.
+Long work shows a progress bar on stderr when it is a terminal (``--progress``
+forces it); tqdm draws it when installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+import time
+from typing import IO, Iterator, Sequence
+
+import numpy as np
+
+from .errors import TorchckptError
+from .format.bundle_reader import BundleReader, numel
+from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
+from .format.slices import encode_slice_key
+from .format.state_file import read_state
+from .graph.keys import OBJECT_ATTRIBUTES_NAME, OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
+from .graph.object_graph import ObjectGraph
+from .reader import load_checkpoint
+
+_ATTRIBUTE_SUFFIX = f"/{OBJECT_ATTRIBUTES_NAME}/{VARIABLE_VALUE_KEY}".encode()
+
+
+def resolve_path(path: str) -> str:
+    """The prefix a prefix, directory or bundle file name stands for (as the reader sees it)."""
+    with load_checkpoint(path) as reader:
+        return reader.prefix
+
+
+class Progress:
+    """A minimal stderr progress bar (tqdm's when available); silent when disabled."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, stream: IO[str] | None = None) -> None:
+        self.total, self.desc, self.done = max(total, 1), desc, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._last = 0.0
+        self._tqdm = None
+        if enabled:
+            try:
+                from tqdm import tqdm  # optional; never a dependency
+                self._tqdm = tqdm(total=total, desc=desc, file=self.stream, unit="B",
+                                  unit_scale=True, leave=False)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._tqdm is not None:
+            self._tqdm.update(n)
+        elif self.enabled and (time.monotonic() - self._last > 0.1 or self.done >= self.total):
+            self._last = time.monotonic()
+            filled = int(30 * min(self.done, self.total) / self.total)
+            self.stream.write(f"\r{self.desc} [{'#' * filled}{'.' * (30 - filled)}] "
+                              f"{100 * min(self.done, self.total) // self.total:3d}%")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _listed(reader: BundleReader) -> list[bytes]:
+    """Keys as TF lists them: slice parts of partitioned tensors hidden, sorted."""
+    keys = reader.keys()
+    hidden = {encode_slice_key(k, s) for k in keys for s in reader.entry(k).slices}
+    return sorted(k for k in keys if k not in hidden)
+
+
+def _show(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _describe(reader: BundleReader, key: bytes) -> str:
+    e = reader.entry(key)
+    return f"{_show(key)} ({DataType(e.dtype).name}) [{','.join(str(d) for d in e.shape)}]"
+
+
+def _printable(reader: BundleReader, key: bytes) -> np.ndarray:
+    """The value for printing: bfloat16 and float8 bit patterns shown as numbers."""
+    e = reader.entry(key)
+    array = reader.read_array(key)
+    info = FIXED_WIDTH.get(e.dtype)  # type: ignore[call-overload]
+    if info is None or info.exact:
+        return array
+    from .adapters.tensors import array_to_tensor
+    tensor = array_to_tensor(array, e.dtype)
+    return (tensor.float() if tensor.is_floating_point() else tensor).numpy()
+
+
+def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
+    with BundleReader(resolve_path(args.path)) as reader:
+        keys = _listed(reader)
+        if args.tensor is not None:
+            key = args.tensor.removesuffix(":0").encode("utf-8")
+            if key not in reader and key + _ATTRIBUTE_SUFFIX in reader:  # object name given
+                key += _ATTRIBUTE_SUFFIX
+            if key not in reader:
+                names = {_show(k.removesuffix(_ATTRIBUTE_SUFFIX)): _show(k) for k in keys}
+                close = [names[c] for c in difflib.get_close_matches(args.tensor, names, 3)]
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                print(f"torchckpt: no tensor {args.tensor!r} in '{reader.prefix}'{hint}",
+                      file=sys.stderr)
+                return 2
+            keys = [key]
+        if args.tensor is None and not args.all:
+            for key in keys:
+                print(_describe(reader, key), file=out)
+        else:
+            with np.printoptions(threshold=sys.maxsize if args.all else 1000):
+                for key in keys:
+                    print(f"tensor: {_describe(reader, key)}", file=out)
+                    print(_printable(reader, key), file=out)
+        total = sum(numel(reader.entry(k).shape) for k in _listed(reader))
+        print(f"# Total number of params: {total}", file=out)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace, out: IO[str]) -> int:
+    with BundleReader(resolve_path(args.path)) as reader:
+        if OBJECT_GRAPH_PROTO_KEY not in reader:
+            print(f"'{reader.prefix}' has no object graph: it is a name-based (TF1 Saver) "
+                  "checkpoint; `torchckpt inspect` lists its keys", file=out)
+            return 0
+        graph = ObjectGraph.from_bytes(reader.read_array(OBJECT_GRAPH_PROTO_KEY).item(),
+                                       path=reader.prefix)
+        for line in render_graph(graph, reader):
+            print(line, file=out)
+    return 0
+
+
+def render_graph(graph: ObjectGraph, reader: BundleReader) -> Iterator[str]:
+    """Tree lines: each node under its first breadth-first path, other paths as links."""
+    paths = graph.paths()
+
+    def label(node_id: int) -> str:
+        attrs = graph.nodes[node_id].attributes
+        if len(attrs) == 1 and attrs[0].checkpoint_key.encode() in reader:
+            key = attrs[0].checkpoint_key.encode()
+            e = reader.entry(key)
+            return f" = {dtype_name(e.dtype)}{list(e.shape)}  {attrs[0].checkpoint_key}"
+        return "".join(f"\n    .ATTRIBUTES/{a.name}: {a.checkpoint_key}" for a in attrs)
+
+    def walk(node_id: int, prefix: str) -> Iterator[str]:
+        node = graph.nodes[node_id]
+        items: list[tuple[str, int, str]] = [
+            (c.local_name, c.node_id, "") for c in node.children]
+        for s in node.slot_variables:
+            owner = ".".join(paths.get(s.original_variable_node_id, ("?",))) or "(root)"
+            items.append((f"slot '{s.slot_name}' of {owner}", s.slot_variable_node_id, "slot"))
+        for i, (name, child, kind) in enumerate(items):
+            last = i == len(items) - 1
+            branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
+            canonical = kind == "slot" or paths.get(child) == paths.get(node_id, ()) + (name,)
+            if not canonical:
+                target = ".".join(paths.get(child, ())) or "(root)"
+                yield f"{prefix}{branch}{name} -> {target} (node {child})"
+                continue
+            text = label(child).replace("\n", "\n" + prefix + indent)
+            yield f"{prefix}{branch}{name} (node {child}){text}"
+            if kind != "slot":
+                yield from walk(child, prefix + indent)
+
+    yield f"(root) (node 0){label(0)}"
+    yield from walk(0, "")
+
+
+def _prefixes(path: str) -> list[str]:
+    """Every checkpoint of a directory's state file, else the one checkpoint at ``path``."""
+    if os.path.isdir(path):
+        state = read_state(path)
+        if state is not None:
+            listed = list(dict.fromkeys([*state.all_model_checkpoint_paths,
+                                         state.model_checkpoint_path]))
+            return listed
+    return [path]
+
+
+def verify_prefix(prefix: str, progress: bool) -> list[str]:
+    """Read every entry of one checkpoint with checksums on; the problems found."""
+    problems: list[str] = []
+    with BundleReader(prefix, verify_checksums=True) as reader:
+        keys = reader.keys()
+        sizes = {}
+        for key in keys:
+            try:
+                sizes[key] = reader.entry(key).size
+            except TorchckptError as exc:
+                problems.append(str(exc))
+        bar = Progress(sum(sizes.values()), f"verify {os.path.basename(prefix)}", progress)
+        for key in sizes:
+            try:
+                value = reader.read_array(key)
+                if key == OBJECT_GRAPH_PROTO_KEY.encode():
+                    ObjectGraph.from_bytes(value.item(), path=prefix)
+            except TorchckptError as exc:
+                problems.append(str(exc))
+            bar.update(sizes[key])
+        bar.close()
+    return problems
+
+
+def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
+    failed = 0
+    for prefix in _prefixes(args.path):
+        try:
+            resolve_path(prefix)  # the index parses and every shard it names exists
+            problems = verify_prefix(prefix, args.progress)
+        except TorchckptError as exc:
+            problems = [str(exc)]
+        if problems:
+            failed += 1
+            print(f"FAILED {prefix}: {len(problems)} problem(s)", file=out)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+        else:
+            with BundleReader(prefix) as reader:
+                n, shards = len(reader.keys()), reader.header.num_shards
+            print(f"OK {prefix}: {n} entries in {shards} shard(s), every checksum verified",
+                  file=out)
+    return 1 if failed else 0
+
+
+def _load_map(path: str) -> list[tuple[str, str | None]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise TorchckptError(f"cannot read assignment map '{path}': {exc}") from exc
+    items = data.items() if isinstance(data, dict) else data
+    return [tuple(item) for item in items]  # type: ignore[misc]
+
+
+def cmd_convert(args: argparse.Namespace, out: IO[str]) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from .convert.assignment import parse_assignment_map, rename
+    from .reader import load_checkpoint
+
+    rules = parse_assignment_map(_load_map(args.assignment_map)) if args.assignment_map else None
+    tensors: dict[str, torch.Tensor] = {}
+    left_out: list[str] = []
+    with load_checkpoint(args.path) as reader:
+        shapes = reader.get_variable_to_shape_map()
+        bar = Progress(len(shapes), "convert", args.progress)
+        for key in sorted(shapes):
+            bar.update(1)
+            name = key if rules is None else rename(rules, key)
+            value = None if key == OBJECT_GRAPH_PROTO_KEY else reader.get_tensor(key)
+            if name is None or not isinstance(value, torch.Tensor) or value.is_complex():
+                left_out.append(key)
+                continue
+            if name in tensors:
+                raise TorchckptError(f"assignment map gives two keys the name {name!r}")
+            tensors[name] = value.contiguous()
+        bar.close()
+        meta = {"format": "pt", "source": os.path.basename(reader.prefix), "producer": "torchckpt"}
+    tmp = f"{args.to}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, args.to)
+    print(f"wrote {len(tensors)} tensors to {args.to}", file=out)
+    if left_out:
+        print(f"left out {len(left_out)} (object graph, strings, complex, or not in the "
+              f"assignment map): {', '.join(left_out)}", file=sys.stderr)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: IO[str]) -> int:
+    with BundleReader(resolve_path(args.a)) as a, BundleReader(resolve_path(args.b)) as b:
+        ka, kb = set(_listed(a)), set(_listed(b))
+        lines = [f"only in A: {_describe(a, k)}" for k in sorted(ka - kb)]
+        lines += [f"only in B: {_describe(b, k)}" for k in sorted(kb - ka)]
+        common = sorted(ka & kb)
+        bar = Progress(len(common), "diff", args.progress)
+        same = 0
+        for key in common:
+            bar.update(1)
+            line = _diff_one(a, b, key, args.rtol, args.atol)
+            if line:
+                lines.append(line)
+            else:
+                same += 1
+        bar.close()
+    for line in lines:
+        print(line, file=out)
+    print(f"{same} of {len(ka | kb)} keys identical", file=out)
+    return 1 if lines else 0
+
+
+def _diff_one(a: BundleReader, b: BundleReader, key: bytes, rtol: float, atol: float) -> str:
+    ea, eb = a.entry(key), b.entry(key)
+    if ea.dtype != eb.dtype or ea.shape != eb.shape:
+        return (f"changed: {_show(key)}  A: {dtype_name(ea.dtype)}{list(ea.shape)}  "
+                f"B: {dtype_name(eb.dtype)}{list(eb.shape)}")
+    va, vb = _printable(a, key), _printable(b, key)
+    if va.dtype == object:  # strings
+        differ = int(np.sum(va != vb))
+        return f"changed value: {_show(key)} ({differ} of {va.size} strings differ)" if differ \
+            else ""
+    if a.read_array(key).tobytes() == b.read_array(key).tobytes():
+        return ""
+    if (rtol or atol) and np.allclose(va, vb, rtol=rtol, atol=atol, equal_nan=True):
+        return ""
+    fa, fb = va.astype(np.float64), vb.astype(np.float64)
+    differ = int(np.sum(~((fa == fb) | (np.isnan(fa) & np.isnan(fb)))))
+    with np.errstate(invalid="ignore"):
+        worst = float(np.nanmax(np.abs(fa - fb))) if fa.size else 0.0
+    return (f"changed value: {_show(key)} (max abs diff {worst:.6g}, {differ} of {va.size} "
+            "elements differ)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchckpt", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="list keys, dtypes and shapes (or values)")
+    p.add_argument("path")
+    p.add_argument("--tensor", help="print this tensor's value")
+    p.add_argument("--all", action="store_true", help="print every tensor's value")
+    p = sub.add_parser("graph", help="print the object graph as a tree")
+    p.add_argument("path")
+    p = sub.add_parser("verify", help="read every entry and verify every checksum")
+    p.add_argument("path")
+    p = sub.add_parser("convert", help="write the tensors to a safetensors file")
+    p.add_argument("path")
+    p.add_argument("--to", required=True, help="output .safetensors file")
+    p.add_argument("--assignment-map", help="JSON {pattern: name} or [[pattern, name], ...]")
+    p = sub.add_parser("diff", help="compare two checkpoints")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--rtol", type=float, default=0.0)
+    p.add_argument("--atol", type=float, default=0.0)
+    for p in sub.choices.values():
+        p.add_argument("--progress", action="store_true", default=sys.stderr.isatty(),
+                       help="show a progress bar (default: when stderr is a terminal)")
+    return parser
+
+
+COMMANDS = {"inspect": cmd_inspect, "graph": cmd_graph, "verify": cmd_verify,
+            "convert": cmd_convert, "diff": cmd_diff}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, sys.stdout)
+    except (TorchckptError, OSError) as exc:
+        print(f"torchckpt {args.command}: error: {exc}", file=sys.stderr)
+        return 2

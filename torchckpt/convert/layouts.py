@@ -1,0 +1,405 @@
+"""How each kind of torch module takes its values from TF variables.
+
+The layout is chosen by the type of the *target* module (a Conv2DTranspose
+kernel and a Conv2D kernel have the same rank; only the target tells them
+apart). A :class:`Layout` names the TF variables it needs by *role*: the
+canonical Keras variable name (``kernel``, ``bias``, ``gamma``, ``moving_mean``,
+``depthwise_kernel``, ``recurrent_kernel``, ...), prefixed for modules built
+from several TF objects (``query/kernel`` for attention, ``l1_reverse/kernel``
+for a two-layer bidirectional LSTM). :func:`normalize_role` maps the names
+Keras 3, TF1 and slim use (``_kernel``, ``weights``, ``biases``) onto roles.
+
+TF layouts (Keras conventions) against torch's:
+
+=====================  ==============================  ===============================
+TF variable            shape                           torch
+=====================  ==============================  ===============================
+Dense kernel           [in, out]                       Linear.weight [out, in]
+ConvND kernel          [*k, in/groups, out]            ConvNd.weight [out, in/groups, *k]
+DepthwiseConv kernel   [*k, in, mult]                  ConvNd(groups=in).weight [in*mult, 1, *k]
+ConvNDTranspose        [*k, out, in]                   ConvTransposeNd.weight [in, out, *k]
+LSTM kernel            [in, 4H], gates i, f, c, o      weight_ih [4H, in], gates i, f, g, o
+TF1 LSTMCell kernel    [in + H, 4H], gates i, j, f, o  weight_ih and weight_hh, gates i, f, g, o
+GRU kernel             [in, 3H], gates z, r, h         weight_ih [3H, in], gates r, z, n
+GRU bias (reset_after) [2, 3H]: input, recurrent       bias_ih, bias_hh
+MHA query kernel       [E, heads, head_dim]            rows of in_proj_weight [3E, E]
+MHA output kernel      [heads, head_dim, E]            out_proj.weight [E, E]
+=====================  ==============================  ===============================
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence, cast
+
+import torch
+from torch import nn
+
+from .keras_layers import WeightGroup
+from .source import SourceVar
+from .transforms import (IDENTITY, TRANSPOSE, Assignment, Transform, UnitPlan, constant, permute,
+                         output_shape)
+
+Roles = dict[str, SourceVar]
+
+_ALIASES = {"weights": "kernel", "w": "kernel", "biases": "bias", "b": "bias", "scale": "gamma",
+            "offset": "beta", "embedding": "embeddings", "moving_var": "moving_variance"}
+#: Roles a unit may leave unused without that meaning "wrong kind of layer".
+_OPTIONAL = frozenset({"bias"})
+
+
+def normalize_role(name: str) -> str:
+    """The role of a TF variable's local name: ``_kernel`` and ``weights`` are ``kernel``."""
+    n = name.lstrip("_")
+    return _ALIASES.get(n, n)
+
+
+def state_names(module: nn.Module, *, recurse: bool) -> list[str]:
+    """The module's ``state_dict`` names relative to it (persistent buffers included)."""
+    names = list(module.state_dict(keep_vars=True).keys())
+    return names if recurse else [n for n in names if "." not in n]
+
+
+class PlanBuilder:
+    """Collects one unit's assignments, checking every shape on meta tensors."""
+
+    def __init__(self, prefix: str, module: nn.Module, roles: Mapping[str, SourceVar],
+                 complete: bool, state: dict[str, torch.Tensor]) -> None:
+        self.prefix = prefix
+        self.module = module
+        self.roles = dict(roles)
+        # complete: the roles are a whole TF layer, so a missing bias means "no bias" (zeros);
+        # otherwise they are what an assignment map named, and the rest stays unfilled.
+        self.complete = complete
+        self.used: set[str] = set()
+        self.state = state
+        self.plan = UnitPlan()
+
+    def full(self, param: str) -> str:
+        return f"{self.prefix}.{param}" if self.prefix else param
+
+    def take(self, role: str) -> SourceVar | None:
+        var = self.roles.get(role)
+        if var is not None:
+            self.used.add(role)
+        return var
+
+    def need(self, role: str, what: str) -> SourceVar | None:
+        var = self.take(role)
+        if var is None and self.complete:
+            have = ", ".join(sorted(self.roles)) or "nothing"
+            self.plan.problems.append(f"{what} needs TF variable '{role}', the checkpoint offers "
+                                      f"{have}")
+        return var
+
+    def assign(self, param: str, sources: Sequence[SourceVar], transform: Transform) -> None:
+        target = self.state.get(param)
+        if target is None:
+            return
+        try:
+            got: tuple[int, ...] | None = output_shape(transform, sources)
+        except RuntimeError:  # e.g. a permutation of the wrong rank
+            got = None
+        if got != tuple(target.shape):
+            shown = ", ".join(f"'{v.key}' {list(v.shape)}" for v in sources)
+            self.plan.problems.append(
+                f"'{self.full(param)}' {list(target.shape)} cannot come from {shown} by "
+                f"{transform.description}" + ("" if got is None else f" (gives {list(got)})"))
+            return
+        self.plan.assignments.append(Assignment(self.full(param), tuple(sources), transform))
+
+    def optional(self, param: str, role: str, transform: Transform, fill: float, why: str) -> None:
+        """``param`` from ``role`` if the checkpoint has it, else the constant ``fill``."""
+        if param not in self.state:
+            return
+        var = self.take(role)
+        if var is not None:
+            self.assign(param, [var], transform)
+        else:
+            self.fill(param, fill, why)
+
+    def fill(self, param: str, value: float, why: str) -> None:
+        """Set ``param`` to a constant, when the roles describe a whole TF layer."""
+        if param in self.state and self.complete:
+            self.assign(param, [], constant(value, self.state[param], why))
+
+    def finish(self) -> UnitPlan:
+        for role, var in self.roles.items():
+            if role in self.used:
+                continue
+            reason = f"'{self.prefix or '(root)'}' ({type(self.module).__name__}) has no use for it"
+            if role.rsplit("/", 1)[-1] in _OPTIONAL:
+                self.plan.unused[var.key] = reason
+            else:
+                self.plan.problems.append(f"checkpoint variable '{var.key}' ({role}) has no "
+                                          f"place in {type(self.module).__name__}: wrong kind of "
+                                          "layer or a different configuration")
+        if self.plan.problems:
+            self.plan.assignments.clear()
+            return self.plan
+        done = {a.target for a in self.plan.assignments} | set(self.plan.ignored)
+        why = ("the checkpoint layer has no value for it" if self.complete
+               else "no checkpoint key is mapped onto it")
+        for name in self.state:
+            if self.full(name) not in done:
+                self.plan.unfilled.setdefault(self.full(name), why)
+        return self.plan
+
+
+class Layout:
+    """How one torch module type takes values from TF variables (subclass per family).
+
+    Subclasses implement :meth:`build`, which calls the :class:`PlanBuilder`'s
+    ``need``/``take`` (a source variable by role), ``assign`` (a ``state_dict``
+    entry from sources through a :class:`~.transforms.Transform`, shape-checked)
+    and ``optional``/``fill``; the other methods' defaults suit modules made from
+    one TF object whose variables are named by role. Register a subclass for a
+    custom module with :meth:`~.registry.LayoutRegistry.register`.
+    """
+
+    def groups_needed(self, module: nn.Module) -> int:
+        """How many consecutive weight groups (TF objects) the module is made from."""
+        return 1
+
+    def roles_from_groups(self, module: nn.Module, groups: Sequence[WeightGroup]) -> Roles:
+        return {normalize_role(v.name): v for g in groups for v in g.vars}
+
+    def role_of(self, module: nn.Module, relpath: Sequence[str]) -> str:
+        """The role of a variable at ``relpath`` below the TF scope mapped onto the module."""
+        return normalize_role(relpath[-1])
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        """The role that feeds ``param``; ``hint`` is the role of the key mapped onto it."""
+        return _PARAM_ROLES.get(param, hint)
+
+    def plan(self, prefix: str, module: nn.Module, roles: Mapping[str, SourceVar], *,
+             complete: bool = True) -> UnitPlan:
+        """Plan the module's values from ``roles``; ``complete``: they are a whole TF layer."""
+        b = PlanBuilder(prefix, module, roles, complete, self.state_of(module))
+        self.build(b, module)
+        return b.finish()
+
+    def state_of(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The ``state_dict`` entries the layout fills (the whole subtree by default)."""
+        return dict(module.state_dict(keep_vars=True))
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        raise NotImplementedError
+
+
+_PARAM_ROLES = {"weight": "kernel", "bias": "bias"}
+
+
+class LinearLayout(Layout):
+    """Dense -> Linear: the kernel is transposed."""
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        kernel = b.need("kernel", "Linear")
+        if kernel is not None:
+            b.assign("weight", [kernel], TRANSPOSE)
+        b.optional("bias", "bias", IDENTITY, 0.0, "no bias in checkpoint")
+
+
+class ConvLayout(Layout):
+    """ConvND / DepthwiseConvND / a SeparableConv's pointwise part -> ConvNd."""
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        if param == "weight" and hint in ("depthwise_kernel", "pointwise_kernel"):
+            return hint
+        return _PARAM_ROLES.get(param, hint)
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        nd = len(module.kernel_size)  # type: ignore[arg-type]
+        depthwise = b.take("depthwise_kernel")
+        if depthwise is not None:
+            self._depthwise(b, module, depthwise, nd)
+        else:
+            kernel = b.take("kernel") or b.take("pointwise_kernel")
+            if kernel is None:
+                b.need("kernel", type(module).__name__)
+            else:
+                b.assign("weight", [kernel], permute((nd + 1, nd, *range(nd))))
+        b.optional("bias", "bias", IDENTITY, 0.0, "no bias in checkpoint")
+
+    @staticmethod
+    def _depthwise(b: PlanBuilder, module: nn.Module, var: SourceVar, nd: int) -> None:
+        conv = cast(nn.modules.conv._ConvNd, module)
+        cin, cout, groups = conv.in_channels, conv.out_channels, conv.groups
+        want = (*conv.kernel_size, cin, cout // max(cin, 1))
+        if groups != cin or var.shape != want:
+            b.plan.problems.append(
+                f"depthwise kernel '{var.key}' {list(var.shape)} needs a Conv{nd}d with "
+                f"groups == in_channels and kernel {list(want)}; '{b.prefix}' has groups={groups}")
+            return
+        shape = tuple(b.state["weight"].shape)
+        b.assign("weight", [var], Transform(
+            f"permute{(nd, nd + 1, *range(nd))} + reshape to {list(shape)}",
+            lambda xs: xs[0].permute(nd, nd + 1, *range(nd)).reshape(shape)))
+
+
+class ConvTransposeLayout(Layout):
+    """ConvNDTranspose -> ConvTransposeNd: kernel [*k, out, in] -> [in, out, *k]."""
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        nd = len(module.kernel_size)  # type: ignore[arg-type]
+        kernel = b.need("kernel", type(module).__name__)
+        if kernel is not None:
+            b.assign("weight", [kernel], permute((nd + 1, nd, *range(nd))))
+        b.optional("bias", "bias", IDENTITY, 0.0, "no bias in checkpoint")
+
+
+class BatchNormLayout(Layout):
+    """BatchNormalization -> BatchNormNd; ``num_batches_tracked`` has no TF counterpart."""
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        return {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                "running_var": "moving_variance"}.get(param, hint)
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        for param, role in (("running_mean", "moving_mean"), ("running_var", "moving_variance")):
+            if param in b.state:
+                var = b.need(role, type(module).__name__)
+                if var is not None:
+                    b.assign(param, [var], IDENTITY)
+        b.optional("weight", "gamma", IDENTITY, 1.0, "no gamma in checkpoint: scale=False")
+        b.optional("bias", "beta", IDENTITY, 0.0, "no beta in checkpoint: center=False")
+        if "num_batches_tracked" in b.state:
+            b.plan.ignored[b.full("num_batches_tracked")] = "torch-only counter, left as is"
+
+
+class LayerNormLayout(Layout):
+    """LayerNormalization -> LayerNorm."""
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        return {"weight": "gamma", "bias": "beta"}.get(param, hint)
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        b.optional("weight", "gamma", IDENTITY, 1.0, "no gamma in checkpoint: scale=False")
+        b.optional("bias", "beta", IDENTITY, 0.0, "no beta in checkpoint: center=False")
+
+
+class EmbeddingLayout(Layout):
+    """Embedding -> Embedding (same layout); any single variable is taken as the table."""
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        return "embeddings"
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        var = b.take("embeddings")
+        if var is None and len(b.roles) == 1:
+            var = b.take(next(iter(b.roles)))
+        if var is None:
+            b.need("embeddings", "Embedding")
+        else:
+            b.assign("weight", [var], IDENTITY)
+
+
+class MultiheadAttentionLayout(Layout):
+    """MultiHeadAttention (four EinsumDense projections) -> nn.MultiheadAttention.
+
+    The query/key/value kernels ``[E, heads, head_dim]`` are flattened,
+    transposed and stacked into ``in_proj_weight`` (or ``q/k/v_proj_weight``
+    when key and value widths differ from ``embed_dim``); the output kernel
+    ``[heads, head_dim, E]`` becomes ``out_proj.weight``.
+    """
+
+    PARTS = ("query", "key", "value", "output")
+
+    def groups_needed(self, module: nn.Module) -> int:
+        return 4
+
+    def roles_from_groups(self, module: nn.Module, groups: Sequence[WeightGroup]) -> Roles:
+        named = [self._part(g.path.split("/")) for g in groups]
+        if sorted(p for p in named if p) != sorted(self.PARTS):
+            named = list(self.PARTS)  # uninformative names: Keras builds q, k, v, o in order
+        return {f"{part}/{normalize_role(v.name)}": v for part, g in zip(named, groups, strict=True)
+                for v in g.vars}
+
+    def role_of(self, module: nn.Module, relpath: Sequence[str]) -> str:
+        part = self._part(relpath[:-1]) or "?"
+        return f"{part}/{normalize_role(relpath[-1])}"
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        return {"out_proj.weight": "output/kernel", "out_proj.bias": "output/bias",
+                "q_proj_weight": "query/kernel", "k_proj_weight": "key/kernel",
+                "v_proj_weight": "value/kernel"}.get(param)
+
+    @classmethod
+    def _part(cls, names: Sequence[str]) -> str | None:
+        for name in reversed(names):
+            n = name.lstrip("_").removesuffix("_dense")
+            if n in cls.PARTS:
+                return n
+            if n in ("attention_output", "out", "out_proj", "dense"):
+                return "output"
+        return None
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        heads = module.num_heads  # type: ignore[attr-defined]
+        kernels = [b.need(f"{p}/kernel", "MultiheadAttention") for p in self.PARTS]
+        biases = [b.take(f"{p}/bias") for p in self.PARTS]
+        for part, var in zip(self.PARTS, kernels, strict=True):
+            # Keras: [E, heads, head_dim] (output [heads, head_dim, E]); BERT's dense layers
+            # keep heads packed in the columns ([E, E]), in the same head-major order as torch.
+            axis = 0 if part == "output" else 1
+            if var is not None and len(var.shape) == 3 and var.shape[axis] != heads:
+                b.plan.problems.append(f"{part} kernel '{var.key}' {list(var.shape)} is not "
+                                       f"split into {heads} heads like '{b.prefix}'")
+            elif var is not None and len(var.shape) not in (2, 3):
+                b.plan.problems.append(f"{part} kernel '{var.key}' {list(var.shape)} is neither "
+                                       "an EinsumDense nor a Dense kernel")
+        q, k, v, o = kernels
+        if o is not None and not b.plan.problems:
+            b.assign("out_proj.weight", [o], Transform(
+                "reshape to [heads*head_dim, E] + transpose(1, 0)",
+                lambda xs: xs[0].reshape(-1, xs[0].shape[-1]).t()))
+            b.optional("out_proj.bias", "output/bias", IDENTITY, 0.0, "no bias in checkpoint")
+        if None in (q, k, v) or b.plan.problems:
+            return
+        flat = Transform("reshape to [E, heads*head_dim] + transpose(1, 0)",
+                         lambda xs: xs[0].reshape(xs[0].shape[0], -1).t())
+        if "in_proj_weight" in b.state:
+            b.assign("in_proj_weight", [q, k, v], Transform(  # type: ignore[list-item]
+                "q, k, v: reshape to [E, heads*head_dim], transpose(1, 0), concatenate",
+                lambda xs: torch.cat([x.reshape(x.shape[0], -1).t() for x in xs], 0)))
+        else:
+            for name, var in (("q_proj_weight", q), ("k_proj_weight", k), ("v_proj_weight", v)):
+                b.assign(name, [var], flat)  # type: ignore[list-item]
+        self._in_bias(b, biases[:3])
+
+    @staticmethod
+    def _in_bias(b: PlanBuilder, biases: Sequence[SourceVar | None]) -> None:
+        if "in_proj_bias" not in b.state:
+            return
+        if any(x is None for x in biases):
+            b.fill("in_proj_bias", 0.0, "no query/key/value bias in checkpoint")
+            return
+        b.assign("in_proj_bias", list(biases), Transform(  # type: ignore[arg-type]
+            "q, k, v: flatten, concatenate", lambda xs: torch.cat([x.reshape(-1) for x in xs])))
+
+
+class GenericLayout(Layout):
+    """Fallback for modules without a layout: same-named, same-shaped variables, copied as is."""
+
+    def role_of(self, module: nn.Module, relpath: Sequence[str]) -> str:
+        return relpath[-1]
+
+    def roles_from_groups(self, module: nn.Module, groups: Sequence[WeightGroup]) -> Roles:
+        return {v.name: v for g in groups for v in g.vars}
+
+    def param_role(self, module: nn.Module, param: str, hint: str) -> str | None:
+        return param
+
+    def state_of(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in module.state_dict(keep_vars=True).items() if "." not in k}
+
+    def build(self, b: PlanBuilder, module: nn.Module) -> None:
+        free = [r for r in b.roles]
+        for param, tensor in b.state.items():
+            role = param if param in free else next(
+                (r for r in free if b.roles[r].shape == tuple(tensor.shape)), None)
+            if role is None:
+                b.plan.unfilled[b.full(param)] = "no same-named or same-shaped variable"
+                continue
+            free.remove(role)
+            b.assign(param, [b.roles[role]], IDENTITY)
+            b.used.add(role)

@@ -1,0 +1,337 @@
+"""``CheckpointManager``: numbered checkpoints in a directory, pruned like TF's.
+
+Mirrors ``tf.train.CheckpointManager``
+(``tensorflow/python/checkpoint/checkpoint_management.py``): the same
+constructor, ``save`` numbering (``save_counter`` unless ``checkpoint_number``
+is given), ``max_to_keep`` / ``keep_checkpoint_every_n_hours`` sweeping,
+``checkpoint_interval`` with ``step_counter``, ``restore_or_initialize`` and the
+same ``checkpoint`` state file (relative paths, timestamps,
+``last_preserved_timestamp``), so TF and torchckpt can take turns managing one
+directory.
+
+Commit protocol (each step atomic; a crash between any two leaves a complete
+checkpoint as ``latest``):
+
+1. remove leftovers of interrupted saves (none of which any reader can take for
+   a checkpoint): temporary files of this manager's numbered prefixes and of
+   the state file, data shards of numbered prefixes that have no index and are
+   not named by the state file, and the files of the prefix about to be
+   written when the state file does not name it;
+2. write the bundle: data shards, then the index (``Checkpoint``'s writer:
+   temporary name, fsync, rename);
+3. decide, in memory, which checkpoints leave the active set (TF's sweep);
+4. write the state file naming the new prefix and no longer naming those,
+   by temporary name and rename;
+5. delete their files, index first.
+
+So a checkpoint's files are deleted only once the state file has stopped
+naming it. The state file each save leaves is exactly the one TF's manager
+leaves (TF writes it before and after deleting; the second is the one that
+stays). A crash during step 5 can leave an unlisted bundle: without its index
+it is removed by the next save's step 1; with its index it stays, like a
+checkpoint kept by ``keep_checkpoint_every_n_hours``, which it cannot be told
+apart from.
+
+With a ``torch.distributed`` process group, rank 0 alone does steps 1, 4 and 5
+(all ranks wait at a barrier after step 1); the other ranks keep the same
+bookkeeping in memory, so ``checkpoints`` and ``latest_checkpoint`` agree.
+
+Differences from TF, deliberate: an unparseable state file raises
+``CorruptCheckpointError`` instead of being ignored with a warning (ignoring it
+would orphan every checkpoint it lists); the clock is injectable.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import distributed
+from .checkpoint import CheckpointOptions
+from .format.naming import bundle_files, final_path_of_temp, index_path, prefix_of, temp_files
+from .format.state_file import read_state, state_temp_files, write_state
+
+__all__ = ["CheckpointManager"]
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _delete_checkpoint(prefix: str) -> None:
+    """Delete ``prefix``'s files: the index first, so it stops existing before its data goes."""
+    for path in bundle_files(prefix) + temp_files(prefix):
+        _remove(path)
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process writes the state file: no process group, or its rank 0."""
+    return not distributed.is_active() or torch.distributed.get_rank() == 0
+
+
+def _barrier() -> None:
+    if distributed.is_active():
+        torch.distributed.barrier()
+
+
+def _step_value(step_counter: Any) -> int:
+    """The current step of a step counter: a 0-d tensor, an int-like object or a callable."""
+    if hasattr(step_counter, "item"):
+        return int(step_counter.item())
+    if callable(step_counter):
+        return operator.index(step_counter())
+    return operator.index(step_counter)
+
+
+class CheckpointManager:
+    """Manages numbered checkpoints in ``directory``: keeps some, deletes the rest.
+
+    Behaves like ``tf.train.CheckpointManager``; see its documentation for the
+    fine points. It picks up the state a previous manager (torchckpt's or
+    TensorFlow's) left in ``directory``. Only one manager should be active in a
+    directory at a time.
+
+    Args:
+        checkpoint: a :class:`~torchckpt.Checkpoint`.
+        directory: where to write checkpoints and the ``checkpoint`` state file.
+        max_to_keep: how many checkpoints to keep in the active set; ``None``
+            keeps all of them.
+        keep_checkpoint_every_n_hours: when a checkpoint leaves the active set,
+            keep it anyway if it is at least this many hours newer than the last
+            one kept this way.
+        checkpoint_name: file name of the prefixes, ``<directory>/<name>-<N>``.
+        step_counter: the training step (a 0-d tensor, an int-like object, or a
+            callable returning an int); required with ``checkpoint_interval``.
+        checkpoint_interval: minimum number of steps between two saves.
+        init_fn: called by :meth:`restore_or_initialize` when there is no checkpoint.
+        last_checkpoint_step: the step of the last save, for ``checkpoint_interval``.
+        clock: returns the time in seconds since the epoch; ``time.time`` by
+            default (inject one to test ``keep_checkpoint_every_n_hours``).
+
+    Raises:
+        ValueError: ``max_to_keep`` is not positive, or ``checkpoint_interval``
+            without ``step_counter``.
+        CorruptCheckpointError: the directory's state file cannot be parsed.
+
+    Example:
+        >>> import os, tempfile, torch, torchckpt
+        >>> ckpt = torchckpt.Checkpoint(w=torch.zeros(2))
+        >>> manager = CheckpointManager(ckpt, tempfile.mkdtemp(), max_to_keep=2)
+        >>> paths = [os.path.basename(manager.save()) for _ in range(3)]
+        >>> paths, [os.path.basename(p) for p in manager.checkpoints]
+        (['ckpt-1', 'ckpt-2', 'ckpt-3'], ['ckpt-2', 'ckpt-3'])
+    """
+
+    def __init__(self, checkpoint: Any, directory: str | os.PathLike[str],
+                 max_to_keep: int | None, keep_checkpoint_every_n_hours: float | None = None,
+                 checkpoint_name: str = "ckpt", step_counter: Any = None,
+                 checkpoint_interval: int | None = None, init_fn: Callable[[], Any] | None = None,
+                 last_checkpoint_step: int | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        if max_to_keep is not None and max_to_keep <= 0:
+            raise ValueError(f"max_to_keep must be a positive integer or None, got {max_to_keep}")
+        if checkpoint_interval is not None and step_counter is None:
+            raise ValueError("step_counter must be passed when checkpoint_interval is not None")
+        self._checkpoint = checkpoint
+        self._max_to_keep = max_to_keep
+        self._keep_checkpoint_every_n_hours = keep_checkpoint_every_n_hours
+        self._directory = os.fspath(directory)
+        self._checkpoint_name = checkpoint_name
+        self._checkpoint_prefix = os.path.join(self._directory, checkpoint_name)
+        self._step_counter = step_counter
+        self._checkpoint_interval = checkpoint_interval
+        self._last_checkpoint_step = last_checkpoint_step
+        self._init_fn = init_fn
+        self._clock = clock
+        self._maybe_delete: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._latest_checkpoint: str | None = None
+        self._recover_state()
+
+    def _recover_state(self) -> None:
+        """Take over the bookkeeping a previous manager left in the state file (TF's rules)."""
+        state = read_state(self._directory)
+        now = self._clock()
+        if state is None:
+            # A little in the past, so that quickly re-creating a manager cannot race.
+            self._last_preserved_timestamp = now - 1.0
+            return
+        self._latest_checkpoint = state.model_checkpoint_path
+        # A clock that went backwards must not make old checkpoints look new.
+        self._last_preserved_timestamp = min(state.last_preserved_timestamp, now)
+        timestamps = list(state.all_model_checkpoint_timestamps) or (
+            [self._last_preserved_timestamp] * len(state.all_model_checkpoint_paths))
+        for path, stamp in zip(state.all_model_checkpoint_paths, timestamps):
+            stamp = min(stamp, now)
+            if stamp > self._last_preserved_timestamp:
+                self._maybe_delete[path] = stamp
+
+    @property
+    def directory(self) -> str:
+        return self._directory
+
+    @property
+    def checkpoint(self) -> Any:
+        """The managed :class:`~torchckpt.Checkpoint`."""
+        return self._checkpoint
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        return self._checkpoint_interval
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The newest prefix in ``directory``, or None; pass it to ``Checkpoint.restore``."""
+        return self._latest_checkpoint
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The active set, oldest first (checkpoints kept by ``keep_checkpoint_every_n_hours``
+        are not listed, as in TF)."""
+        return list(self._maybe_delete)
+
+    def save(self, checkpoint_number: Any = None, check_interval: bool = True,
+             options: Any = None) -> str | None:
+        """Write a new checkpoint, record it in the state file and sweep old ones.
+
+        Args:
+            checkpoint_number: the number of the new prefix (an int or 0-d
+                integer tensor); default ``save_counter`` after its increment,
+                which happens either way.
+            check_interval: with ``checkpoint_interval``, skip the save unless at
+                least that many steps passed since the last one. A save at the
+                same step as the last one is skipped regardless.
+            options: :class:`~torchckpt.CheckpointOptions` for the write.
+
+        Returns:
+            The new prefix, or None when the interval check skipped the save.
+        """
+        if self._checkpoint_interval is not None:
+            step = _step_value(self._step_counter)
+            if self._last_checkpoint_step is not None:
+                if step == self._last_checkpoint_step:
+                    return None
+                if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
+                    return None
+            self._last_checkpoint_step = step
+        self._sync()  # a save in flight must finish before its temporary files look stale
+        number = self._checkpoint._increment_save_counter()
+        if checkpoint_number is not None:
+            number = _step_value(checkpoint_number)
+        prefix = f"{self._checkpoint_prefix}-{number}"
+        writes_files = _is_rank_zero()
+        if writes_files:
+            self._remove_leftovers(prefix)
+        _barrier()  # no rank may start writing while rank 0 removes leftovers
+        write = getattr(self._checkpoint, "_write", None)
+        if write is None:  # a duck-typed checkpoint: record once write() returns
+            path = str(self._checkpoint.write(prefix))
+            self._record_and_sweep_state(path)
+            return path
+        # torchckpt.Checkpoint calls ``after`` once the bundle is committed, on the
+        # background thread for an asynchronous save, on rank 0 for a distributed one.
+        after = self._record_and_sweep_state if writes_files else None
+        path = str(write(prefix, options or CheckpointOptions(), after=after))
+        if not writes_files:  # other ranks keep the same bookkeeping, touching no file
+            self._record_and_sweep_state(path, touch_files=False)
+        return path
+
+    def _sync(self) -> None:
+        sync = getattr(self._checkpoint, "sync", None)
+        if sync is not None:
+            sync()
+
+    def _remove_leftovers(self, prefix: str) -> None:
+        """Step 1 of the commit protocol (module docstring)."""
+        state = read_state(self._directory)
+        named = set() if state is None else {
+            os.path.normpath(p) for p in [state.model_checkpoint_path,
+                                          *state.all_model_checkpoint_paths]}
+        numbered = re.compile(re.escape(self._checkpoint_name) + r"-\d+")
+        try:
+            names = os.listdir(self._directory)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            path = os.path.join(self._directory, name)
+            final = final_path_of_temp(name)
+            if final is not None:
+                if numbered.fullmatch(prefix_of(final)):
+                    _remove(path)
+                continue
+            owner = prefix_of(name)
+            if (owner != name and not name.endswith(".index") and numbered.fullmatch(owner)
+                    and not os.path.isfile(index_path(os.path.join(self._directory, owner)))
+                    and os.path.normpath(os.path.join(self._directory, owner)) not in named):
+                _remove(path)  # a data shard no index ever committed, or whose index went first
+        for path in state_temp_files(self._directory):
+            _remove(path)
+        if os.path.normpath(prefix) not in named:  # an unrecorded, maybe partial, earlier write
+            _delete_checkpoint(prefix)
+
+    def _record_and_sweep_state(self, save_path: str, touch_files: bool = True) -> None:
+        """Steps 3-5 of the commit protocol, run once the bundle is committed."""
+        timestamp = self._clock()
+        # An overwritten checkpoint moves to the end of the queue.
+        self._maybe_delete.pop(save_path, None)
+        self._maybe_delete[save_path] = timestamp
+        self._latest_checkpoint = save_path
+        leaving = self._sweep()
+        if touch_files:
+            self._record_state()
+            for path in leaving:
+                _delete_checkpoint(path)
+
+    def _sweep(self) -> list[str]:
+        """TF's ``_sweep`` without the deleting: trims the active set to ``max_to_keep``
+        and returns the checkpoints to delete (all but those kept by
+        ``keep_checkpoint_every_n_hours``)."""
+        leaving: list[str] = []
+        if not self._max_to_keep:
+            return leaving  # everything stays in the active set
+        while len(self._maybe_delete) > self._max_to_keep:
+            path, timestamp = self._maybe_delete.popitem(last=False)
+            hours = self._keep_checkpoint_every_n_hours
+            if hours and timestamp - hours * 3600.0 >= self._last_preserved_timestamp:
+                self._last_preserved_timestamp = timestamp  # kept, but no longer listed
+                continue
+            leaving.append(path)
+        return leaving
+
+    def _record_state(self) -> None:
+        assert self._latest_checkpoint is not None  # only called after a save
+        paths = list(self._maybe_delete)
+        # write_state stores paths relative to the directory; absolute paths make that
+        # right for a relative ``directory`` too.
+        write_state(self._directory, os.path.abspath(self._latest_checkpoint),
+                    [os.path.abspath(p) for p in paths],
+                    timestamps=list(self._maybe_delete.values()),
+                    last_preserved_timestamp=self._last_preserved_timestamp)
+
+    def restore_or_initialize(self) -> str | None:
+        """Restore the latest checkpoint, or call ``init_fn`` when there is none.
+
+        Returns:
+            The restored prefix, or None when nothing was restored.
+        """
+        if self._latest_checkpoint is not None:
+            self._checkpoint.restore(self._latest_checkpoint)
+            if self._checkpoint_interval is not None:
+                self._last_checkpoint_step = _step_value(self._step_counter)
+            return self._latest_checkpoint
+        if self._init_fn is not None:
+            self._init_fn()
+        return None
+
+    def sync(self) -> None:
+        """Wait for an asynchronous save in flight (a no-op for synchronous saves)."""
+        self._sync()
