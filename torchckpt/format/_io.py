@@ -14,8 +14,10 @@ the way it does (measured on 2-core machines, page cache, 3 GiB of float32):
   buffer (buffered writes to one file serialize on the inode lock, so a second
   writer would not help). Reads: both threads read *and* checksum chunks of the
   payload (reads of one file do run in parallel), and the per-chunk CRCs are
-  joined with :func:`_crc32c.combine`. A read then costs about what an
-  unchecked, single-threaded ``preadv`` costs.
+  joined with :func:`_crc32c.combine`. Measured: 0.11 s/GiB checked, against
+  0.14 s/GiB for one unchecked ``preadv`` thread and 0.075 s/GiB for torch's
+  two-thread ``copy_`` from an mmap (the checksum's ~0.075 core-s/GiB is what
+  separates the last two: both cores are already copying).
 * Small payloads go in batches: one ``writev``/``preadv`` for up to
   :data:`IOV_MAX` buffers, so 50,000 tensors take ~50 system calls.
 
@@ -194,48 +196,59 @@ def read_runs(fd: int, offsets: Sequence[int], dests: Sequence[memoryview],
     return crcs
 
 
-def _read_chunks(fd: int, dest: memoryview, offset: int, starts: list[int],
-                 crcs: list[int], claim: Callable[[], int], checksum: bool) -> None:
-    """Worker loop: claim chunk numbers until none are left; read and checksum each."""
-    while True:
-        i = claim()
-        if i >= len(starts):
-            return
-        a = starts[i]
-        b = starts[i + 1] if i + 1 < len(starts) else dest.nbytes
-        chunk = dest[a:b]
-        pread_all(fd, [chunk], offset + a)
-        if checksum:
-            crcs[i] = _crc32c.value(chunk)
-
-
 def read_with_crc(fd: int, dest: memoryview, offset: int, helper: Helper | None,
                   checksum: bool = True) -> int:
-    """Fill ``dest`` (flat bytes) from ``fd`` at ``offset``; returns its CRC32C (unmasked).
-
-    Payloads of :data:`PARALLEL_BYTES` or more are cut into chunks that this
-    thread and the helper claim in turn (each reads then checksums its chunk).
-    Without ``checksum`` the result is 0.
+    """Fill ``dest`` from ``fd`` at ``offset``; returns its CRC32C (unmasked; 0 without
+    ``checksum``). Payloads of :data:`PARALLEL_BYTES` or more are read by two threads
+    (see :func:`read_parallel`).
 
     Raises:
         ShortReadError: the file ended before ``dest`` was full.
     """
-    size = dest.nbytes
-    if helper is None or size < PARALLEL_BYTES:
+    if helper is None or dest.nbytes < PARALLEL_BYTES:
         pread_all(fd, [dest], offset)
         return _crc32c.value(dest) if checksum else 0
-    starts = list(range(0, size, CHUNK_BYTES))
-    crcs = [0] * len(starts)
-    claim = iter(range(len(starts) + 2)).__next__  # next() on a range iterator is atomic
-    future = helper.submit(_read_chunks, fd, dest, offset, starts, crcs, claim, checksum)
+    return read_parallel(fd, [(dest, offset)], helper, checksum)[0]
+
+
+def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helper,
+                  checksum: bool = True) -> list[int]:
+    """Fill each ``(dest, offset)`` of ``jobs``; returns each dest's CRC32C (unmasked).
+
+    All the jobs are cut into :data:`CHUNK_BYTES` chunks that this thread and
+    the helper claim in turn; each reads its chunk then checksums it, and the
+    chunk CRCs of a job are joined with :func:`_crc32c.combine`. One hand-off
+    for the whole list, so neither thread waits at tensor boundaries.
+
+    Raises:
+        ShortReadError: the file ended first.
+    """
+    views = [d.cast("B") if d.format != "B" or d.ndim != 1 else d for d, _ in jobs]
+    chunks = [(j, a, min(a + CHUNK_BYTES, v.nbytes))
+              for j, v in enumerate(views) for a in range(0, v.nbytes, CHUNK_BYTES)]
+    crcs = [0] * len(chunks)
+    claim = iter(range(len(chunks) + 2)).__next__  # next() on a range iterator is atomic
+
+    def work() -> None:
+        while True:
+            i = claim()
+            if i >= len(chunks):
+                return
+            j, a, b = chunks[i]
+            part = views[j][a:b]
+            pread_all(fd, [part], jobs[j][1] + a)
+            if checksum:
+                crcs[i] = _crc32c.value(part)
+
+    future = helper.submit(work)
     try:
-        _read_chunks(fd, dest, offset, starts, crcs, claim, checksum)
+        work()
     finally:
         future.result()
-    if not checksum:
-        return 0
-    crc = crcs[0]
-    for i in range(1, len(starts)):
-        end = starts[i + 1] if i + 1 < len(starts) else size
-        crc = _crc32c.combine(crc, crcs[i], end - starts[i])
-    return crc
+    out = [0] * len(jobs)
+    if checksum:
+        seen = [False] * len(jobs)
+        for (j, a, b), crc in zip(chunks, crcs):
+            out[j] = _crc32c.combine(out[j], crc, b - a) if seen[j] else crc
+            seen[j] = True
+    return out

@@ -34,7 +34,8 @@ from .table import TableBuilder
 _GATHER_BYTES = 4 << 20  # small payloads are gathered up to this many bytes per writev
 _DIRECT_BYTES = 1 << 20  # payloads this large are written straight from their buffer
 # dtype -> (plain int value, itemsize, name): one lookup per tensor instead of three.
-_FIXED = {d: (int(d), info.itemsize, info.name) for d, info in FIXED_WIDTH.items()}
+_FIXED: dict[int, tuple[int, int, str]] = {
+    d: (int(d), info.itemsize, info.name) for d, info in FIXED_WIDTH.items()}
 
 
 def _numel(shape: Sequence[int]) -> int:
