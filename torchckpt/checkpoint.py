@@ -238,8 +238,6 @@ def resolve_prefix(path: str) -> str:
 class _CheckpointAdapter(Adapter):
     """The root: user objects in insertion order, then ``save_counter``."""
 
-    is_root = True
-
     def children(self) -> list[tuple[str, Any]]:
         ckpt: Checkpoint = self.obj
         out = [(n, _child_object(ckpt._objects, n, v)) for n, v in ckpt._objects.items()

@@ -184,8 +184,3 @@ def _normalize_sub_byte(array: np.ndarray, bits: int, signed: bool) -> np.ndarra
                           dtype=np.int8)
     # ufuncs turn a 0-d array into a numpy scalar, which torch.from_numpy refuses
     return out if isinstance(out, np.ndarray) else np.array(out)
-
-
-def destination_buffer(t: torch.Tensor) -> memoryview:
-    """A writable flat byte view of a contiguous CPU tensor (for reading straight into it)."""
-    return tensor_to_buffer(t)
