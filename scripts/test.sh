@@ -4,10 +4,12 @@
 # torch 2.13.0 goes in first so that the project's `torch>=2.4` requirement is already
 # satisfied by it; then the project itself with its `test` extra, which pins
 # tensorflow-cpu and tf-keras 2.21.0 for the interop tests. TORCHCKPT_REQUIRE_TF makes
-# the suite fail at once, rather than skip, when TensorFlow cannot be imported.
+# the suite fail at once, rather than skip, when TensorFlow cannot be imported;
+# TORCHCKPT_REQUIRE_NATIVE fails it when the install did not compile the C accelerator
+# (torchckpt/format/_native.c) on x86-64 Linux, so the suite tests what users get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install torch==2.13.0
 python -m pip install -e '.[test]'
-export TORCHCKPT_REQUIRE_TF=1
+export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1
 python -m pytest -q "$@"

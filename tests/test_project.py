@@ -35,7 +35,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     script = _commands((REPO / "scripts" / "test.sh").read_text(encoding="utf-8"))
     assert script[-4:] == ["python -m pip install torch==2.13.0",
                            "python -m pip install -e '.[test]'",
-                           "export TORCHCKPT_REQUIRE_TF=1", 'python -m pytest -q "$@"']
+                           "export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1",
+                           'python -m pytest -q "$@"']
 
 
 def test_test_extra_pins_tensorflow() -> None:

@@ -41,6 +41,7 @@ from .graph.keys import OBJECT_GRAPH_PROTO_KEY
 from .graph.object_graph import GraphNode, ObjectGraph, readable_path
 from .graph.status import MatchReport
 from .saving import identity, walk_live
+from .staging import needs_staging, read_to_device, staging_buffers
 
 
 class BundleValue:
@@ -66,6 +67,11 @@ class BundleValue:
     def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """A new tensor holding the value, read straight into its memory when possible."""
         device = torch.device(device) if device is not None else self._device
+        if self._direct() and needs_staging(device):  # straight onto the GPU, through pinned buffers
+            out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype), device=device)
+            with staging_buffers() as buffers:
+                read_to_device(self._reader, self.key, out, buffers)
+            return out
         if self._direct():
             out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype))
             self._reader.read_into(self.key, tensor_to_buffer(out))
@@ -77,8 +83,12 @@ class BundleValue:
         if is_dtensor(dest) or self._entry.slices:  # a DTensor reads only this rank's part;
             copy_into(self._reader, self.key, dest)  # slices land in place (distributed/)
             return
-        if dest.device.type == "cpu" and dest.is_contiguous() and self._direct() \
-                and not dest.is_conj() and not dest.is_neg():
+        in_place = dest.is_contiguous() and self._direct() and not dest.is_conj() \
+            and not dest.is_neg()
+        if in_place and needs_staging(dest.device):  # a GPU tensor: through the pinned buffers
+            with staging_buffers() as buffers:
+                read_to_device(self._reader, self.key, dest, buffers)
+        elif in_place and dest.device.type == "cpu":
             if self._batch is not None and dest.numel():
                 # read later, together with the other values of this pass (read_many_into)
                 self._batch.append((self.key, tensor_to_buffer(dest)))

@@ -9,7 +9,9 @@ order TensorFlow writes them in), and commits the bundle atomically.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any, Hashable
 
 import torch
@@ -21,6 +23,7 @@ from .format import BundleWriter
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, format_key, object_path, slot_path
 from .graph.object_graph import Attribute, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.traversal import Walk, breadth_first
+from .staging import device_chunks, needs_staging, staging_buffers
 
 
 def identity(obj: Any) -> Hashable:
@@ -126,12 +129,25 @@ def host_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True) -> str:
-    """Write ``plan`` as the bundle ``prefix`` (atomic; see :class:`BundleWriter`)."""
+    """Write ``plan`` as the bundle ``prefix`` (atomic; see :class:`BundleWriter`).
+
+    Host tensors are written from their own memory; tensors on a device (GPU)
+    through the two pinned staging buffers (:mod:`.staging`), piece by piece.
+    """
     writer = BundleWriter(prefix, sync=sync)
     try:
-        # one bulk call: add_many pauses the cyclic GC and skips per-call overhead
-        writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
-                        for key, t in ((k, host_tensor(v)) for k, v in plan.tensors))
+        buffers: list[torch.Tensor] | None = None
+        with contextlib.ExitStack() as stack:
+            for on_device, run in groupby(plan.tensors, key=lambda kv: needs_staging(kv[1].device)):
+                if on_device:
+                    if buffers is None:  # borrowed for the rest of this save, on first need
+                        buffers = stack.enter_context(staging_buffers())
+                    for key, t in run:
+                        writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
+                                          t.shape)
+                else:  # one bulk call: add_many pauses the cyclic GC, skips per-call overhead
+                    writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
+                                    for key, t in ((k, host_tensor(v)) for k, v in run))
         for key, text in plan.strings:
             writer.add_strings(key, [text.encode("utf-8")], ())
         writer.add_strings(OBJECT_GRAPH_PROTO_KEY, [plan.graph.to_bytes()], ())

@@ -4,7 +4,8 @@ Covers the bulk APIs added for speed (``BundleWriter.add_many``,
 ``BundleReader.read_many_into``, ``TableBuilder.add_many``), the plain-entry
 decoders of ``_fast_entries`` (checked against ``BundleEntry.decode`` on random
 and mutated entries), ``encode_entries``, CRC combination and the two-thread
-chunked reads (with tiny chunks, so the tests stay small).
+chunked reads (with tiny chunks, so the tests stay small), each with and
+without the C accelerator (``_native``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from torchckpt.format.records import BundleEntry, Extent, TensorSlice, encode_en
 from torchckpt.format.table import TableBuilder, iter_table
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make 'large' payloads a few KiB so the two-thread paths run on small data."""
+@pytest.fixture(params=["as-built", "portable"])
+def small_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make 'large' payloads a few KiB so the two-thread paths run on small data; once
+    with the C accelerator where this build has it, once with the portable path."""
+    if request.param == "portable":
+        monkeypatch.setattr(_io, "_native", None)
     monkeypatch.setattr(_io, "CHUNK_BYTES", 1024)
     monkeypatch.setattr(_io, "PARALLEL_BYTES", 2048)
     monkeypatch.setattr(_io, "OVERLAP_BYTES", 2048)

@@ -15,6 +15,7 @@ the last fallback and the test oracle.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Union
 
@@ -116,6 +117,19 @@ def _x2n_table() -> tuple[int, ...]:
 _X2N = _x2n_table()
 
 
+@functools.lru_cache(maxsize=64)
+def _x8n(n: int) -> int:
+    """``x^(8 n) mod P`` (zlib ``x2nmodp``); cached, since chunk lengths repeat."""
+    p = 1 << 31  # x^0
+    k = 3  # 8 bits per byte: x^(n * 2^3)
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return p
+
+
 def combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC-32C of ``a + b`` from ``crc1 = value(a)``, ``crc2 = value(b)``, ``len2 = len(b)``.
 
@@ -123,15 +137,7 @@ def combine(crc1: int, crc2: int, len2: int) -> int:
     by ``x^(8 * len2)``. It lets two threads checksum different chunks of one
     tensor (a few microseconds per call, independent of the lengths).
     """
-    p = 1 << 31  # x^0
-    k = 3  # 8 bits per byte: x^(len2 * 2^3)
-    n = len2
-    while n:
-        if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        n >>= 1
-        k += 1
-    return _multmodp(p, crc1) ^ crc2
+    return _multmodp(_x8n(len2), crc1) ^ crc2
 
 
 def mask(crc: int) -> int:

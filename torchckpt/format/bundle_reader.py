@@ -17,9 +17,9 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from itertools import islice
+from itertools import count, islice
 from operator import itemgetter
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -66,6 +66,11 @@ class _Shard:
         self.size = st.st_size
         self.map: mmap.mmap | bytes = (mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
                                        if self.size else b"")
+
+    @property
+    def mapped(self) -> mmap.mmap | None:
+        """The whole file mapped, or ``None`` for an empty one."""
+        return self.map if isinstance(self.map, mmap.mmap) else None
 
     def close(self) -> None:
         if isinstance(self.map, mmap.mmap):
@@ -266,12 +271,49 @@ class BundleReader:
         if dest.nbytes != e.size:
             raise ValueError(f"destination of {dest.nbytes} bytes for a {e.size}-byte payload")
         try:
-            crc = read_with_crc(s.fd, dest, e.offset, self._helper, self.verify_checksums)
+            crc = read_with_crc(s.fd, dest, e.offset, self._helper, self.verify_checksums,
+                                s.mapped)
         except ShortReadError as exc:
             raise CorruptCheckpointError(s.path, "file shrank while reading", key=self._k(key),
                                          offset=exc.offset) from exc
         if self.verify_checksums and _crc32c.mask(crc) != e.crc32c:
             self.check_crc(key, e, dest, s.path)  # raises, with both CRCs in the message
+
+    def read_chunks(self, key: str | bytes,
+                    buffers: Sequence[memoryview]) -> Iterator[tuple[int, memoryview]]:
+        """Read an unsliced fixed-width payload piece by piece into ``buffers``, used in
+        turn; yields ``(position in the payload, the filled part of the buffer)``.
+
+        For destinations that are not in host memory (GPU tensors, see
+        ``torchckpt/staging.py``): the caller moves each piece on before it asks
+        for the piece that reuses the same buffer, so host memory stays at the
+        size of ``buffers`` whatever the payload's. The checksum covers the whole
+        payload and is verified after the last piece, before the generator ends.
+
+        Raises:
+            ChecksumMismatchError: after the last piece, if the payload's CRC32C differs.
+            CorruptCheckpointError: the file ended early.
+        """
+        s, e = self.payload_location(key)
+        verify = self.verify_checksums
+        crc = pos = 0
+        for i in count():
+            if pos >= e.size:
+                break
+            buf = buffers[i % len(buffers)].cast("B")
+            part = buf[:min(buf.nbytes, e.size - pos)]
+            try:
+                c = read_with_crc(s.fd, part, e.offset + pos, self._helper, verify, s.mapped)
+            except ShortReadError as exc:
+                raise CorruptCheckpointError(s.path, "file shrank while reading", key=self._k(key),
+                                             offset=exc.offset) from exc
+            crc = _crc32c.combine(crc, c, part.nbytes) if pos else c
+            yield pos, part
+            pos += part.nbytes
+        if verify and _crc32c.mask(crc) != e.crc32c:
+            raise ChecksumMismatchError(s.path, f"checksum mismatch (stored 0x{e.crc32c:08x}, "
+                                        f"computed 0x{_crc32c.mask(crc):08x})", key=self._k(key),
+                                        offset=e.offset)
 
     def read_many_into(self, pairs: Iterable[tuple[str | bytes, object]]) -> None:
         """:meth:`read_into` for many ``(key, out)`` pairs at once; same checks, same errors.
@@ -348,7 +390,8 @@ class BundleReader:
                 if bad:
                     self._crc_error(s, small[bad[0]])
             if big:  # both threads over all of them: no wait at tensor boundaries
-                crcs = read_parallel(s.fd, [(it[1], it[0]) for it in big], self._helper, verify)
+                crcs = read_parallel(s.fd, [(it[1], it[0]) for it in big], self._helper, verify,
+                                     s.mapped)
                 bad = _crc32c.mismatches(crcs, [it[2] for it in big]) if verify else []
                 if bad:
                     self._crc_error(s, big[bad[0]])

@@ -98,6 +98,26 @@ class _DataFile:
         self._pad()
         return at, crc
 
+    def write_chunks(self, chunks: Iterable[memoryview], helper: Helper) -> tuple[int, int, int]:
+        """Write a payload that arrives in pieces now: ``(offset, size, crc)``.
+
+        Each piece is written as it comes (checksummed beside the write, as
+        :meth:`write_direct`); the piece CRCs are joined with
+        :func:`._crc32c.combine`. The caller may reuse a piece's memory as soon as
+        the next one is asked for.
+        """
+        self.flush()
+        at = self.offset
+        crc = size = 0
+        for chunk in chunks:
+            piece = as_bytes_view(chunk)
+            part = write_with_crc(self.fd, piece, helper)
+            crc = _crc32c.combine(crc, part, piece.nbytes) if size else part
+            size += piece.nbytes
+            self.offset += piece.nbytes
+        self._pad()
+        return at, size, crc
+
     def _pad(self) -> None:
         pad = -self.offset % self._alignment
         if pad:
@@ -230,6 +250,31 @@ class BundleWriter:
         # _crc32c.mask, inlined: this line runs once per tensor
         crc = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _crc32c.MASK_DELTA) & 0xFFFFFFFF
         entry = plain_entry(fixed[0], shape, shard, offset, n, crc)
+        self._entries[k] = entry
+        return entry
+
+    def add_chunks(self, key: str | bytes, chunks: Iterable[object], dtype: int,
+                   shape: Sequence[int], *, shard: int = 0) -> BundleEntry:
+        """:meth:`add` for a payload handed over in pieces (its bytes in order).
+
+        For tensors that are not in host memory: a GPU tensor is copied through
+        small pinned buffers, one piece at a time, so host memory stays bounded
+        (``torchckpt/staging.py``). Each piece is written before the next is
+        asked for, so the producer may refill the same buffer.
+
+        Raises:
+            ValueError: the pieces add up to a size other than ``shape`` needs;
+                nothing is recorded for ``key`` then.
+        """
+        k = self._claim(key)
+        fixed = _FIXED.get(dtype)
+        if fixed is None:
+            raise ValueError(f"dtype {dtype} is not a fixed-width TensorFlow dtype")
+        shape = tuple(map(int, shape))
+        offset, n, crc = self._file(shard).write_chunks(chunks, self._helper)  # type: ignore[arg-type]
+        if n != math.prod(shape) * fixed[1]:
+            raise ValueError(f"{k!r}: {n} bytes for shape {shape} of {fixed[2]}")
+        entry = plain_entry(fixed[0], shape, shard, offset, n, _crc32c.mask(crc))
         self._entries[k] = entry
         return entry
 

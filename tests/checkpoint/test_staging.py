@@ -1,0 +1,156 @@
+"""Device tensors go to and from the files through two small staging buffers (issue 7, Build 4).
+
+The staged path is device-agnostic: here it runs on CPU tensors (the
+``needs_staging`` decision is forced) with buffers of a few dozen bytes, so
+every tensor crosses many pieces and both buffers. The files must be the
+same bytes as the direct path writes, restores must give the same values,
+and a damaged payload must still fail its checksum. The CUDA test at the end
+runs where a GPU is present (``benchmarks/gpu.py`` measures the speed).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import torchckpt
+from torchckpt import restoring, saving, staging
+from torchckpt.errors import ChecksumMismatchError
+from torchckpt.format import BundleReader, BundleWriter
+from torchckpt.format.dtypes import DataType
+
+TENSORS = {
+    "f32": torch.randn(7, 5),
+    "bf16": torch.randn(33).to(torch.bfloat16),
+    "bool": torch.rand(50) > 0.5,
+    "c64": torch.randn(9, dtype=torch.complex64),
+    "i64": torch.arange(-20, 20),
+    "scalar": torch.tensor(3.5),
+    "empty": torch.zeros(0, 4),
+    "exact": torch.arange(12, dtype=torch.int32),  # 48 bytes: exactly one buffer
+}
+
+
+@pytest.fixture
+def tiny_staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staging, "STAGING_BYTES", 48)
+    monkeypatch.setattr(staging, "_buffers", [])
+
+
+@pytest.mark.parametrize("name", list(TENSORS))
+def test_device_chunks_yield_the_tensor_bytes_in_pieces(tiny_staging, name: str) -> None:
+    t = TENSORS[name]
+    with staging.staging_buffers() as buffers:
+        pieces = [bytes(p) for p in staging.device_chunks(t, buffers)]
+    assert all(len(p) <= 48 for p in pieces)
+    assert b"".join(pieces) == t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def test_device_chunks_resolve_views_conjugates_and_negatives(tiny_staging) -> None:
+    base = torch.randn(6, 8)
+    c = torch.randn(10, dtype=torch.complex64)
+    for t, want in [(base.t(), base.t().contiguous()), (c.conj(), c.conj().resolve_conj()),
+                    (torch._neg_view(base), -base)]:
+        with staging.staging_buffers() as buffers:
+            got = b"".join(bytes(p) for p in staging.device_chunks(t, buffers))
+        assert got == want.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def test_add_chunks_writes_what_add_writes(tmp_path) -> None:
+    data = torch.randn(1000).numpy()
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    w = BundleWriter(a)
+    w.add("x", data, DataType.DT_FLOAT, (1000,))
+    w.finish()
+    w = BundleWriter(b)
+    w.add_chunks("x", [memoryview(data)[i:i + 77] for i in range(0, 1000, 77)],
+                 DataType.DT_FLOAT, (1000,))
+    w.finish()
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert open(a + suffix, "rb").read() == open(b + suffix, "rb").read()
+    w = BundleWriter(str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="bytes for shape"):
+        w.add_chunks("x", [memoryview(data)[:10]], DataType.DT_FLOAT, (1000,))
+    w.abort()
+
+
+def test_read_chunks_reuses_the_buffers_and_verifies_the_whole_payload(tmp_path) -> None:
+    data = torch.randn(1000).numpy()
+    prefix = str(tmp_path / "ckpt")
+    w = BundleWriter(prefix)
+    w.add("x", data, DataType.DT_FLOAT, (1000,))
+    w.finish()
+    bufs = [memoryview(bytearray(300)), memoryview(bytearray(300))]
+    with BundleReader(prefix) as r:
+        got = bytearray()
+        for i, (pos, part) in enumerate(r.read_chunks("x", bufs)):
+            assert pos == len(got) and part.obj is bufs[i % 2].obj
+            got += part
+    assert bytes(got) == data.tobytes()
+    path = prefix + ".data-00000-of-00001"
+    blob = bytearray(open(path, "rb").read())
+    blob[3999] ^= 1  # the very last byte: only the whole-payload check can see it
+    open(path, "wb").write(blob)
+    with BundleReader(prefix) as r, pytest.raises(ChecksumMismatchError, match="'x'"):
+        for _ in r.read_chunks("x", bufs):
+            pass
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5),
+                               torch.nn.Linear(5, 3).to(torch.bfloat16))
+
+
+def test_checkpoint_through_staging_writes_the_same_files(tmp_path, tiny_staging,
+                                                          monkeypatch) -> None:
+    model = _model()
+    direct = torchckpt.Checkpoint(model=model).write(str(tmp_path / "direct"))
+    monkeypatch.setattr(saving, "needs_staging", lambda device: True)
+    staged = torchckpt.Checkpoint(model=model).write(str(tmp_path / "staged"))
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert open(direct + suffix, "rb").read() == open(staged + suffix, "rb").read()
+
+
+def test_restore_through_staging_and_its_checksum(tmp_path, tiny_staging, monkeypatch) -> None:
+    model = _model()
+    prefix = torchckpt.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    monkeypatch.setattr(restoring, "needs_staging", lambda device: True)
+    other = _model()
+    for p in other.parameters():
+        torch.nn.init.zeros_(p)
+    torchckpt.Checkpoint(model=other).read(prefix).assert_consumed()
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    with BundleReader(prefix) as r:  # damage the last byte of the first Linear's weight
+        key = next(k for k in r.keys() if k.startswith(b"model/0/weight"))
+        e = r.entry(key)
+    path = prefix + ".data-00000-of-00001"
+    blob = bytearray(open(path, "rb").read())
+    blob[e.offset + e.size - 1] ^= 0x40
+    open(path, "wb").write(blob)
+    with pytest.raises(ChecksumMismatchError, match="model/0/weight"):
+        torchckpt.Checkpoint(model=_model()).read(prefix)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_state_saves_and_restores_through_pinned_buffers(tmp_path) -> None:
+    model = _model().cuda()
+    opt = torch.optim.Adam(model.parameters())
+    model[0](torch.randn(4, 6, device="cuda")).sum().backward()
+    opt.step()
+    prefix = torchckpt.Checkpoint(model=model, optimizer=opt).write(str(tmp_path / "ckpt"))
+    with staging.staging_buffers() as buffers:
+        assert all(b.is_pinned() for b in buffers)
+    other = _model().cuda()
+    other_opt = torch.optim.Adam(other.parameters())
+    torchckpt.Checkpoint(model=other, optimizer=other_opt).read(prefix)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert b.device.type == "cuda" and torch.equal(a, b)
+    with BundleReader(prefix) as r:  # the files hold the values, read on the CPU
+        key = next(k for k in r.keys() if k.startswith(b"model/0/weight"))
+        assert torch.equal(torch.from_numpy(r.read_array(key)), model[0].weight.cpu())
+    assert os.path.exists(prefix + ".index")
