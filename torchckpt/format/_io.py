@@ -54,6 +54,7 @@ CHUNK_BYTES = 4 << 20  # unit of work of a parallel read: big enough to amortize
 PARALLEL_BYTES = 2 * CHUNK_BYTES  # payloads at least this big are read by two threads
 OVERLAP_BYTES = 1 << 20  # payloads at least this big get their CRC on the helper thread
 RUN_BYTES = 1 << 20  # a batched read of small payloads stops growing at this size (cache-hot CRC)
+RELEASE_CHUNKS = 8  # mapped reads drop their pages from the mapping 8 chunks (32 MiB) at a time
 MAX_GAP = 64 << 10  # bytes between two payloads a batched read skips rather than split
 
 T = TypeVar("T")
@@ -248,7 +249,12 @@ def _unmap_pages(mapped: mmap.mmap | None, start: int, end: int) -> None:
     """Drop the pages of ``mapped`` that lie wholly in ``[start, end)`` from this
     process's mapping (``MADV_DONTNEED``; they stay in the page cache), so that a
     restore through the mapping does not add the checkpoint's size to the
-    process's resident set."""
+    process's resident set.
+
+    Done per :data:`RELEASE_CHUNKS` chunks, not per chunk: each call interrupts
+    the other core to flush its TLB and waits for it, and on a shared VM a
+    descheduled core makes that wait long (per-chunk calls gave 1.0-3x the
+    limit from run to run)."""
     page = mmap.PAGESIZE
     lo = -(-start // page) * page
     hi = end // page * page
@@ -277,6 +283,11 @@ def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helpe
     claim = iter(range(len(chunks) + 2)).__next__  # next() on a range iterator is atomic
     end = max((off + v.nbytes for v, (_, off) in zip(views, jobs)), default=0)
 
+    def file_range(first: int, last: int) -> tuple[int, int]:
+        """Where chunks ``first..last`` (in file order: jobs come sorted) lie in the file."""
+        (j0, a0, _), (j1, _, b1) = chunks[first], chunks[last]
+        return jobs[j0][1] + a0, jobs[j1][1] + b1
+
     def work(source: memoryview | None) -> None:
         while True:
             i = claim()
@@ -286,7 +297,10 @@ def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helpe
             part, start = views[j][a:b], jobs[j][1] + a
             if source is not None:
                 crcs[i] = _native.copy_crc32c(part, source[start:start + b - a])
-                _unmap_pages(mapped, start, start + b - a)
+                if i % RELEASE_CHUNKS == RELEASE_CHUNKS - 1 and i >= 2 * RELEASE_CHUNKS - 1:
+                    # the window before last is done (or, if the other thread lags, it refaults)
+                    _unmap_pages(mapped, *file_range(i + 1 - 2 * RELEASE_CHUNKS,
+                                                     i - RELEASE_CHUNKS))
             else:
                 pread_all(fd, [part], start)
                 if checksum:
@@ -302,6 +316,8 @@ def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helpe
     finally:
         if source is not None:
             source.release()  # the workers' slices are gone: each lived for one call
+            if chunks:
+                _unmap_pages(mapped, *file_range(0, len(chunks) - 1))
     out = [0] * len(jobs)
     if checksum:
         seen = [False] * len(jobs)
