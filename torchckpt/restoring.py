@@ -67,7 +67,7 @@ class BundleValue:
     def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """A new tensor holding the value, read straight into its memory when possible."""
         device = torch.device(device) if device is not None else self._device
-        if self._direct() and needs_staging(device):  # straight onto the GPU, through pinned buffers
+        if self._direct() and needs_staging(device):  # onto the GPU, through pinned buffers
             out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype), device=device)
             with staging_buffers() as buffers:
                 read_to_device(self._reader, self.key, out, buffers)

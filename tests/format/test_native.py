@@ -111,3 +111,31 @@ def test_large_payload_corruption_and_truncation_are_clean_errors(tmp_path, monk
         with pytest.raises(CorruptCheckpointError, match="shrank") as err:
             r.read_many_into([("big", np.zeros_like(arr))])
         assert "big" in str(err.value)
+
+
+@needs_native
+def test_mapped_reads_release_their_pages_in_windows(tmp_path, monkeypatch) -> None:
+    """The copied part of the mapping is dropped as the read goes (RSS stays bounded), a
+    window at a time, and all of it by the end."""
+    monkeypatch.setattr(_io, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(_io, "RELEASE_CHUNKS", 2)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(_io, "_unmap_pages", lambda m, lo, hi: calls.append((lo, hi)))
+    data = os.urandom(100 * 4096 + 123)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    import mmap
+
+    fd = os.open(path, os.O_RDONLY)
+    helper = _io.Helper()
+    try:
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as m:
+            dest = bytearray(len(data) - 100)
+            [crc] = _io.read_parallel(fd, [(memoryview(dest), 100)], helper, True, m)
+    finally:
+        helper.close()
+        os.close(fd)
+    assert bytes(dest) == data[100:] and crc == _crc32c.value(data[100:])
+    assert len(calls) > 10  # windows during the read ...
+    assert calls[-1] == (100, len(data))  # ... and everything at the end
+    assert all(lo < hi <= len(data) for lo, hi in calls)

@@ -288,6 +288,8 @@ def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helpe
         (j0, a0, _), (j1, _, b1) = chunks[first], chunks[last]
         return jobs[j0][1] + a0, jobs[j1][1] + b1
 
+    copy = _native.copy_crc32c if _native is not None else None
+
     def work(source: memoryview | None) -> None:
         while True:
             i = claim()
@@ -295,8 +297,8 @@ def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helpe
                 return
             j, a, b = chunks[i]
             part, start = views[j][a:b], jobs[j][1] + a
-            if source is not None:
-                crcs[i] = _native.copy_crc32c(part, source[start:start + b - a])
+            if copy is not None and source is not None:
+                crcs[i] = copy(part, source[start:start + b - a])
                 if i % RELEASE_CHUNKS == RELEASE_CHUNKS - 1 and i >= 2 * RELEASE_CHUNKS - 1:
                     # the window before last is done (or, if the other thread lags, it refaults)
                     _unmap_pages(mapped, *file_range(i + 1 - 2 * RELEASE_CHUNKS,
