@@ -231,7 +231,7 @@ def _copy_source(fd: int, mapped: mmap.mmap | None, end: int) -> memoryview | No
 
     The file's size is checked first, so a file that shrank since it was
     opened raises :class:`ShortReadError` rather than SIGBUS. (As with every
-    memory-mapped reader, safetensors and ``torch.load(mmap=True)`` included,
+    memory-mapped reader, safetensors and torch's ``mmap=True`` loading included,
     a file truncated by another process *during* the copy still raises SIGBUS.)
 
     Raises:
