@@ -117,6 +117,7 @@ def test_large_payload_corruption_and_truncation_are_clean_errors(tmp_path, monk
 def test_mapped_reads_release_their_pages_in_windows(tmp_path, monkeypatch) -> None:
     """The copied part of the mapping is dropped as the read goes (RSS stays bounded), a
     window at a time, and all of it by the end."""
+    monkeypatch.setattr(_io, "_native", native)  # also under TORCHCKPT_NO_NATIVE
     monkeypatch.setattr(_io, "CHUNK_BYTES", 4096)
     monkeypatch.setattr(_io, "RELEASE_CHUNKS", 2)
     calls: list[tuple[int, int]] = []
