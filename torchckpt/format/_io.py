@@ -162,13 +162,7 @@ def pread_all(fd: int, iov: Sequence[memoryview], offset: int) -> None:
         if n <= 0:
             raise ShortReadError(offset)
         offset += n
-        i = 0
-        while i < len(bufs) and n >= bufs[i].nbytes:
-            n -= bufs[i].nbytes
-            i += 1
-        del bufs[:i]
-        if bufs and n:
-            bufs[0] = bufs[0].cast("B")[n:]
+        _drop_front(bufs, n)
 
 
 def read_runs(fd: int, offsets: Sequence[int], dests: Sequence[memoryview],
