@@ -4,11 +4,11 @@ and a run that requires TensorFlow fails, rather than skips, without it."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import run_isolated
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,9 +56,8 @@ def test_missing_tensorflow_fails_the_session_when_required(tmp_path: Path, requ
     probe = REPO / "tests" / "test_no_pickle.py"  # any quick test file
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path),
            "TORCHCKPT_REQUIRE_TF": require}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-k", "checker", str(probe)], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = run_isolated([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-k", "checker", str(probe)], cwd=REPO, env=env, timeout=300)
     assert out.returncode == code, out.stdout[-2000:] + out.stderr[-2000:]
     if code:
         assert "tensorflow cannot be imported" in out.stdout + out.stderr

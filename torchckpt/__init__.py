@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (AssignmentMapError, CheckpointNotFoundError, ChecksumMismatchError,
-                     ConversionError, CorruptCheckpointError, KeyNotFoundError, MismatchError,
-                     TorchckptError, UnmatchedError, UnsupportedFormatError, UntrackableError)
+from .errors import (AssignmentMapError, CheckpointLockedError, CheckpointNotFoundError,
+                     CheckpointWriteError, ChecksumMismatchError, ConversionError,
+                     CorruptCheckpointError, InvalidValueError, KeyNotFoundError,
+                     MismatchError, OutsideDirectoryError, TorchckptError, UnmatchedError,
+                     UnsupportedFormatError, UntrackableError)
 
 # Public name -> the module (relative to this package) that defines it.
 _LAZY: dict[str, str] = {
@@ -58,6 +60,7 @@ __all__ = [
     # errors
     "TorchckptError", "CorruptCheckpointError", "ChecksumMismatchError", "UnsupportedFormatError",
     "CheckpointNotFoundError", "KeyNotFoundError", "MismatchError", "UntrackableError",
+    "OutsideDirectoryError", "CheckpointWriteError", "CheckpointLockedError", "InvalidValueError",
     "UnmatchedError", "ConversionError", "AssignmentMapError",
 ]
 

@@ -9,18 +9,37 @@ and the state-file update then happen on one background thread, so training
 continues while the bytes go to disk.
 
 Invariants: at most one save in flight; the next ``save()``, ``write()`` or
-``sync()`` waits for it and re-raises its error there (an error is never
-lost); the state file names a checkpoint only after its bundle is complete.
+``sync()`` waits for it and re-raises its error there; the state file names a
+checkpoint only after its bundle is complete.
+
+An error is never lost, at exit either. The writer thread is not a daemon, so
+the interpreter waits for a save in flight before it exits. If that save
+failed and nothing re-raised its error, an exit handler (registered on the
+first asynchronous save, not at import) prints it to stderr, runs the other
+exit handlers and ends the process with status 1: a job whose last checkpoint
+was not written must not look successful. Call ``Checkpoint.sync()`` before
+the end of the program to handle the error yourself.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 import threading
+import traceback
+import weakref
 from typing import Callable
 
 import torch
 
 from .saving import SavePlan
+
+FAILED_AT_EXIT_STATUS = 1
+# Savers whose last background save may have failed unseen (weak: a saver that is
+# garbage-collected takes its error with it, as an unraised exception would).
+_unseen: "weakref.WeakSet[AsyncSaver]" = weakref.WeakSet()
+_exit_handler_registered = False
 
 
 class AsyncSaver:
@@ -37,6 +56,7 @@ class AsyncSaver:
         if thread is not None:
             thread.join()
             self._thread = None
+        _unseen.discard(self)
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -71,4 +91,46 @@ class AsyncSaver:
                 self._error = exc
 
         self._thread = threading.Thread(target=run, name="torchckpt-async-save", daemon=False)
+        _watch_at_exit(self)
         self._thread.start()
+
+
+def _watch_at_exit(saver: AsyncSaver) -> None:
+    global _exit_handler_registered
+    _unseen.add(saver)
+    if not _exit_handler_registered:
+        atexit.register(_report_unseen_failures)
+        _exit_handler_registered = True
+
+
+def _report_unseen_failures() -> None:
+    """At exit: print a background save's unseen error and end with a failing status.
+
+    Non-daemon writer threads have been joined by now (the interpreter does
+    that before it runs exit handlers), so every save has finished.
+    """
+    failures = []
+    for saver in list(_unseen):
+        if saver._thread is not None:
+            saver._thread.join()
+        if saver._error is not None:
+            failures.append(saver._error)
+    _unseen.clear()
+    if not failures:
+        return
+    for error in failures:
+        print("torchckpt: an asynchronous checkpoint save failed in the background and the "
+              "program ended before anything re-raised its error (Checkpoint.sync() does); "
+              "the checkpoint was not written:", file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+    # Other exit handlers still run (os._exit would skip them), then the failing status.
+    atexit.unregister(_report_unseen_failures)
+    run_remaining = getattr(atexit, "_run_exitfuncs", None)
+    if run_remaining is not None:
+        run_remaining()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(FAILED_AT_EXIT_STATUS)

@@ -17,8 +17,9 @@ import torch
 from .adapters import default_registry
 from .adapters.registry import Adapter, Handle
 from .adapters.values import ValueSlot, is_python_scalar
-from .errors import CheckpointNotFoundError, UntrackableError
-from .format import index_path, latest_checkpoint, read_state, write_state
+from .errors import UntrackableError
+from .format import write_state
+from .format.state_file import resolve_prefix
 from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
@@ -121,20 +122,35 @@ class Checkpoint:
             object.__setattr__(self, "_save_counter", torch.zeros((), dtype=torch.int64))
             self._announce(SAVE_COUNTER, self._save_counter)
 
-    def _increment_save_counter(self) -> int:
+    def increment_save_counter(self) -> int:
+        """Add one to ``save_counter`` (creating it) and return the new value.
+
+        What :meth:`save` does before it writes; for code that numbers checkpoints
+        itself, as :class:`~torchckpt.CheckpointManager` does.
+        """
         self._create_save_counter()
+        assert self._save_counter is not None
         self._save_counter.add_(1)
         return self.save_counter
 
     # --- saving ------------------------------------------------------------------------------
 
-    def write(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
+    def write(self, file_prefix: str | os.PathLike[str], options: CheckpointOptions | None = None,
+              *, on_commit: Callable[[str], None] | None = None) -> str:
         """Write the checkpoint to ``file_prefix`` without numbering or a state file.
+
+        Args:
+            file_prefix: the prefix to write (its files are replaced crash-safely).
+            options: see :class:`CheckpointOptions`.
+            on_commit: called with the prefix once the bundle is committed: on the
+                background thread for an asynchronous write, on rank 0 for a
+                distributed one (where :class:`~torchckpt.CheckpointManager`
+                records the checkpoint in the state file).
 
         Returns:
             ``file_prefix``.
         """
-        return self._write(os.fspath(file_prefix), options or CheckpointOptions())
+        return self._write(os.fspath(file_prefix), options or CheckpointOptions(), after=on_commit)
 
     def _write(self, prefix: str, options: CheckpointOptions,
                after: Callable[[str], None] | None = None) -> str:
@@ -170,7 +186,7 @@ class Checkpoint:
         """
         options = options or CheckpointOptions()
         self._async.wait()
-        number = self._increment_save_counter()
+        number = self.increment_save_counter()
 
         def record(path: str) -> None:
             # write_state stores an absolute path relative to the directory, as TF does
@@ -215,26 +231,6 @@ def _child_object(objects: dict[str, Any], name: str, value: Any) -> Any:
     return ValueSlot(objects, name) if is_python_scalar(value) else value
 
 
-def resolve_prefix(path: str) -> str:
-    """A prefix, or a directory meaning its latest checkpoint (as ``tf.train`` does).
-
-    Raises:
-        CheckpointNotFoundError: neither a checkpoint prefix nor a directory holding one.
-    """
-    if os.path.isdir(path) and not os.path.isfile(index_path(path)):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            state = read_state(path)
-            detail = (f"its state file names '{state.model_checkpoint_path}', which does not exist"
-                      if state else "it has no 'checkpoint' state file")
-            raise CheckpointNotFoundError(f"no checkpoint in directory '{path}': {detail}")
-        return latest
-    if not os.path.isfile(index_path(path)):
-        raise CheckpointNotFoundError(f"no checkpoint at '{path}': '{index_path(path)}' "
-                                      "does not exist")
-    return path
-
-
 class _CheckpointAdapter(Adapter):
     """The root: user objects in insertion order, then ``save_counter``."""
 
@@ -249,12 +245,20 @@ class _CheckpointAdapter(Adapter):
     def watch(self, name: str, callback: Callable[[Any], None]) -> Handle | None:
         watchers = self.obj._watchers.setdefault(name, [])
         watchers.append(callback)
+        return _Unwatch(watchers, callback)
 
-        class _Remove:
-            def remove(self_inner) -> None:
-                if callback in watchers:
-                    watchers.remove(callback)
-        return _Remove()
+
+@dataclass(frozen=True, eq=False)
+class _Unwatch:
+    """The handle of one watch: removes its callback. One class for all watches (a
+    class per watch cost ~2 KB each, and a checkpoint may defer thousands)."""
+
+    watchers: list
+    callback: Callable[[Any], None]
+
+    def remove(self) -> None:
+        if self.callback in self.watchers:
+            self.watchers.remove(self.callback)
 
 
 default_registry.register(Checkpoint, _CheckpointAdapter)

@@ -33,10 +33,9 @@ import numpy as np
 from .errors import TorchckptError
 from .format.bundle_reader import BundleReader, numel
 from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
-from .format.slices import encode_slice_key
 from .format.state_file import read_state
 from .graph.keys import OBJECT_ATTRIBUTES_NAME, OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
-from .graph.object_graph import ObjectGraph
+from .graph.object_graph import FirstPaths, ObjectGraph
 from .reader import load_checkpoint
 
 _ATTRIBUTE_SUFFIX = f"/{OBJECT_ATTRIBUTES_NAME}/{VARIABLE_VALUE_KEY}".encode()
@@ -86,9 +85,7 @@ class Progress:
 
 def _listed(reader: BundleReader) -> list[bytes]:
     """Keys as TF lists them: slice parts of partitioned tensors hidden, sorted."""
-    keys = reader.keys()
-    hidden = {encode_slice_key(k, s) for k in keys for s in reader.entry(k).slices}
-    return sorted(k for k in keys if k not in hidden)
+    return sorted(reader.listed_keys())
 
 
 def _show(key: bytes) -> str:
@@ -153,40 +150,62 @@ def cmd_graph(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+# The tree is indented at most this many levels; deeper lines name their depth
+# instead. Real object graphs are a few levels deep, and indenting a forged chain
+# thousands deep would make the output (and the prefix strings) quadratic in it.
+MAX_TREE_INDENT = 32
+
+
 def render_graph(graph: ObjectGraph, reader: BundleReader) -> Iterator[str]:
-    """Tree lines: each node under its first breadth-first path, other paths as links."""
+    """Tree lines: each node under its first breadth-first path, other paths as links.
+
+    Iterative (a file decides the depth, so recursion could overflow the stack);
+    each node is expanded once, so output is linear in the graph's nodes and edges.
+    """
     paths = graph.paths()
+    yield f"(root) (node 0){_graph_label(graph, reader, 0)}"
+    expanded = {0}
+    stack = [(0, iter(_graph_items(graph, paths, 0)), "", 1)]
+    while stack:
+        node_id, items, prefix, depth = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, child, kind, last = item
+        branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
+        marker = f"[depth {depth}] " if depth > MAX_TREE_INDENT else ""
+        if kind != "slot" and (paths.parent(child) != (node_id, name) or child in expanded):
+            yield f"{prefix}{marker}{branch}{name} -> {paths.describe(child)} (node {child})"
+            continue
+        text = _graph_label(graph, reader, child).replace("\n", "\n" + prefix + indent)
+        yield f"{prefix}{marker}{branch}{name} (node {child}){text}"
+        if kind != "slot":
+            expanded.add(child)
+            inner = prefix + indent if depth < MAX_TREE_INDENT else prefix
+            stack.append((child, iter(_graph_items(graph, paths, child)), inner, depth + 1))
 
-    def label(node_id: int) -> str:
-        attrs = graph.nodes[node_id].attributes
-        if len(attrs) == 1 and attrs[0].checkpoint_key.encode() in reader:
-            key = attrs[0].checkpoint_key.encode()
-            e = reader.entry(key)
-            return f" = {dtype_name(e.dtype)}{list(e.shape)}  {attrs[0].checkpoint_key}"
-        return "".join(f"\n    .ATTRIBUTES/{a.name}: {a.checkpoint_key}" for a in attrs)
 
-    def walk(node_id: int, prefix: str) -> Iterator[str]:
-        node = graph.nodes[node_id]
-        items: list[tuple[str, int, str]] = [
-            (c.local_name, c.node_id, "") for c in node.children]
-        for s in node.slot_variables:
-            owner = ".".join(paths.get(s.original_variable_node_id, ("?",))) or "(root)"
-            items.append((f"slot '{s.slot_name}' of {owner}", s.slot_variable_node_id, "slot"))
-        for i, (name, child, kind) in enumerate(items):
-            last = i == len(items) - 1
-            branch, indent = ("└── ", "    ") if last else ("├── ", "│   ")
-            canonical = kind == "slot" or paths.get(child) == paths.get(node_id, ()) + (name,)
-            if not canonical:
-                target = ".".join(paths.get(child, ())) or "(root)"
-                yield f"{prefix}{branch}{name} -> {target} (node {child})"
-                continue
-            text = label(child).replace("\n", "\n" + prefix + indent)
-            yield f"{prefix}{branch}{name} (node {child}){text}"
-            if kind != "slot":
-                yield from walk(child, prefix + indent)
+def _graph_items(graph: ObjectGraph, paths: FirstPaths, node_id: int
+                 ) -> list[tuple[str, int, str, bool]]:
+    """``(name, node, kind, is last)`` of a node's children, then its slot variables."""
+    node = graph.nodes[node_id]
+    items: list[tuple[str, int, str]] = [(c.local_name, c.node_id, "") for c in node.children]
+    for s in node.slot_variables:
+        var = s.original_variable_node_id
+        owner = paths.describe(var) if var in paths else "?"
+        items.append((f"slot '{s.slot_name}' of {owner}", s.slot_variable_node_id, "slot"))
+    return [(name, child, kind, i == len(items) - 1) for i, (name, child, kind) in enumerate(items)]
 
-    yield f"(root) (node 0){label(0)}"
-    yield from walk(0, "")
+
+def _graph_label(graph: ObjectGraph, reader: BundleReader, node_id: int) -> str:
+    """A node's value: ``= dtype[shape]  key`` for one attribute, else each attribute."""
+    attrs = graph.nodes[node_id].attributes
+    if len(attrs) == 1 and attrs[0].checkpoint_key.encode() in reader:
+        key = attrs[0].checkpoint_key.encode()
+        e = reader.entry(key)
+        return f" = {dtype_name(e.dtype)}{list(e.shape)}  {attrs[0].checkpoint_key}"
+    return "".join(f"\n    .ATTRIBUTES/{a.name}: {a.checkpoint_key}" for a in attrs)
 
 
 def _prefixes(path: str) -> list[str]:

@@ -42,6 +42,35 @@ class UnsupportedFormatError(CorruptCheckpointError):
     """Well-formed bytes that use a feature torchckpt does not read (a dtype, compression, V1)."""
 
 
+class OutsideDirectoryError(CorruptCheckpointError):
+    """A ``checkpoint`` state file names a path outside its own directory.
+
+    torchckpt never reads, writes or deletes such a path because a file said so
+    (a copied TF1 run directory carries the absolute paths of the original
+    one; a forged file could name anything). Pass the prefix explicitly to use it.
+
+    Attributes:
+        path: the state file.
+        named: the path it names.
+    """
+
+    def __init__(self, path: str, named: str, what: str) -> None:
+        self.named = named
+        super().__init__(path, what)
+
+
+class CheckpointWriteError(TorchckptError, OSError):
+    """Writing, syncing or renaming a checkpoint file failed (disk full, permissions, ...).
+
+    An ``OSError`` too, with ``errno`` and ``filename`` set, so ``except OSError``
+    and ``errno.ENOSPC`` checks work; its message names the file.
+    """
+
+
+class CheckpointLockedError(TorchckptError):
+    """Another :class:`~torchckpt.CheckpointManager` already manages the directory."""
+
+
 class CheckpointNotFoundError(TorchckptError, FileNotFoundError):
     """No checkpoint exists at the given path or directory."""
 
@@ -67,6 +96,41 @@ class MismatchError(TorchckptError, ValueError):
         self.live = live
         super().__init__(f"{what} mismatch for {_show_key(key)}: checkpoint has {saved}, "
                          f"live object has {live}")
+
+
+class InvalidValueError(TorchckptError, ValueError):
+    """A value from a checkpoint that its live owner does not accept (type or range).
+
+    The bytes decoded (checksums matched), so this is not a
+    :class:`CorruptCheckpointError`; it is what a forged file, or one written
+    for differently configured objects, looks like: an int attribute holding a
+    complex number, a NaN learning rate, a loader counter past the end of its
+    epoch, a generator state of the wrong size. It is raised at restore, before
+    the owner is changed, so the live object keeps its values.
+
+    Attributes:
+        what: expected versus found, in words.
+        field: where in the owner's state the value sits (``param_groups[0].lr``), if
+            the value is part of a structure.
+        path: the file it was read from (None when the state did not come from a file,
+            e.g. a direct ``load_state_dict`` call).
+        key: the checkpoint key it was read from, if any.
+    """
+
+    def __init__(self, what: str, *, field: str | None = None, path: str | None = None,
+                 key: str | bytes | None = None) -> None:
+        self.what = what
+        self.field = field
+        self.path = None if path is None else str(path)
+        self.key = key
+        in_file = f" in checkpoint '{self.path}'" if self.path is not None else ""
+        for_key = f" for {_show_key(key)}" if key is not None else ""
+        at = f" at {field}" if field else ""
+        super().__init__(f"invalid value{in_file}{for_key}{at}: {what}")
+
+    def located(self, path: str, key: str | bytes) -> "InvalidValueError":
+        """This refusal, naming the file and checkpoint key the state came from."""
+        return InvalidValueError(self.what, field=self.field, path=path, key=key)
 
 
 class UntrackableError(TorchckptError, TypeError):

@@ -32,18 +32,33 @@ it is removed by the next save's step 1; with its index it stays, like a
 checkpoint kept by ``keep_checkpoint_every_n_hours``, which it cannot be told
 apart from.
 
+Re-using a checkpoint number re-writes a prefix the state file names; the
+bundle writer keeps that crash-safe too (``format/commit.py``). The in-memory
+view (``checkpoints``, ``latest_checkpoint``) changes only once the state file
+that says the same has been written, so the two never disagree.
+
 With a ``torch.distributed`` process group, rank 0 alone does steps 1, 4 and 5
 (all ranks wait at a barrier after step 1); the other ranks keep the same
 bookkeeping in memory, so ``checkpoints`` and ``latest_checkpoint`` agree.
 
+One manager per directory: the manager (rank 0's) holds an advisory lock,
+``flock`` on the directory itself, from construction to
+:meth:`CheckpointManager.close` (or its garbage collection); a second manager on the same directory, in
+this process or another, gets :class:`~torchckpt.errors.CheckpointLockedError`
+instead of racing with the first on each other's files. Where the file system
+has no ``flock`` (or the directory is read-only) no lock is taken.
+
 Differences from TF, deliberate: an unparseable state file raises
 ``CorruptCheckpointError`` instead of being ignored with a warning (ignoring it
-would orphan every checkpoint it lists); the clock is injectable.
+would orphan every checkpoint it lists); a state file naming paths outside the
+directory raises ``OutsideDirectoryError`` (TF would adopt them and later
+delete them); the clock is injectable.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import operator
 import os
 import re
@@ -54,9 +69,18 @@ from typing import Any
 import torch
 
 from . import distributed
-from .checkpoint import CheckpointOptions
+from .checkpoint import Checkpoint, CheckpointOptions
+from .errors import CheckpointLockedError
+from .format.commit import COMMIT_RECORD_SUFFIX, complete_commit, record_path
 from .format.naming import bundle_files, final_path_of_temp, index_path, prefix_of, temp_files
-from .format.state_file import read_state, state_temp_files, write_state
+from .format.state_file import (STATE_FILENAME, contained_path, read_state, state_temp_files,
+                                write_state)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory lock
+    fcntl = None  # type: ignore[assignment]
+
 
 __all__ = ["CheckpointManager"]
 
@@ -68,10 +92,43 @@ def _remove(path: str) -> None:
         pass
 
 
-def _delete_checkpoint(prefix: str) -> None:
-    """Delete ``prefix``'s files: the index first, so it stops existing before its data goes."""
+def _delete_checkpoint(directory: str, prefix: str) -> None:
+    """Delete ``prefix``'s files: the index first, so it stops existing before its data goes.
+
+    Raises:
+        OutsideDirectoryError: ``prefix`` is not inside ``directory`` (never deleted).
+    """
+    contained_path(directory, prefix, os.path.join(directory, STATE_FILENAME))
+    complete_commit(prefix)  # so that no temporary file deleted below is a committed one
     for path in bundle_files(prefix) + temp_files(prefix):
         _remove(path)
+
+
+def _lock_directory(directory: str) -> int | None:
+    """Take the directory's advisory lock (``flock`` on the directory itself, so no lock
+    file is left in it); the descriptor that holds it, or None where there is no lock.
+
+    Raises:
+        CheckpointLockedError: another manager holds it.
+    """
+    if fcntl is None:
+        return None
+    try:
+        os.makedirs(directory or ".", exist_ok=True)
+        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # cannot create or open it: saving will report that, naming the path
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise CheckpointLockedError(
+                f"another CheckpointManager manages '{directory}': two managers of one "
+                "directory would delete each other's checkpoints; close() the other one "
+                "(or let it be garbage-collected), or give this one its own directory") from exc
+        return None  # ENOLCK, EOPNOTSUPP, EBADF: a file system without flock
+    return fd
 
 
 def _is_rank_zero() -> bool:
@@ -122,6 +179,9 @@ class CheckpointManager:
         ValueError: ``max_to_keep`` is not positive, or ``checkpoint_interval``
             without ``step_counter``.
         CorruptCheckpointError: the directory's state file cannot be parsed.
+        OutsideDirectoryError: the state file names a path outside ``directory``
+            (a copied TF1 run directory, say): nothing there is adopted or deleted.
+        CheckpointLockedError: another manager holds ``directory`` (see :meth:`close`).
 
     Example:
         >>> import os, tempfile, torch, torchckpt
@@ -132,7 +192,7 @@ class CheckpointManager:
         (['ckpt-1', 'ckpt-2', 'ckpt-3'], ['ckpt-2', 'ckpt-3'])
     """
 
-    def __init__(self, checkpoint: Any, directory: str | os.PathLike[str],
+    def __init__(self, checkpoint: Checkpoint, directory: str | os.PathLike[str],
                  max_to_keep: int | None, keep_checkpoint_every_n_hours: float | None = None,
                  checkpoint_name: str = "ckpt", step_counter: Any = None,
                  checkpoint_interval: int | None = None, init_fn: Callable[[], Any] | None = None,
@@ -155,7 +215,39 @@ class CheckpointManager:
         self._clock = clock
         self._maybe_delete: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._latest_checkpoint: str | None = None
-        self._recover_state()
+        self._lock_fd = _lock_directory(self._directory) if _is_rank_zero() else None
+        try:
+            self._recover_state()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Wait for a save in flight and release the directory's lock (idempotent).
+
+        A manager that is garbage-collected releases the lock too; ``close()``
+        (or ``with CheckpointManager(...) as manager:``) makes that explicit, so a
+        second manager can take over the directory in the same process.
+        """
+        try:
+            if self._lock_fd is not None:
+                self._sync()
+        finally:
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is not None:
+                os.close(fd)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            os.close(fd)
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _recover_state(self) -> None:
         """Take over the bookkeeping a previous manager left in the state file (TF's rules)."""
@@ -180,7 +272,7 @@ class CheckpointManager:
         return self._directory
 
     @property
-    def checkpoint(self) -> Any:
+    def checkpoint(self) -> Checkpoint:
         """The managed :class:`~torchckpt.Checkpoint`."""
         return self._checkpoint
 
@@ -200,7 +292,7 @@ class CheckpointManager:
         return list(self._maybe_delete)
 
     def save(self, checkpoint_number: Any = None, check_interval: bool = True,
-             options: Any = None) -> str | None:
+             options: CheckpointOptions | None = None) -> str | None:
         """Write a new checkpoint, record it in the state file and sweep old ones.
 
         Args:
@@ -224,7 +316,7 @@ class CheckpointManager:
                     return None
             self._last_checkpoint_step = step
         self._sync()  # a save in flight must finish before its temporary files look stale
-        number = self._checkpoint._increment_save_counter()
+        number = self._checkpoint.increment_save_counter()
         if checkpoint_number is not None:
             number = _step_value(checkpoint_number)
         prefix = f"{self._checkpoint_prefix}-{number}"
@@ -232,23 +324,16 @@ class CheckpointManager:
         if writes_files:
             self._remove_leftovers(prefix)
         _barrier()  # no rank may start writing while rank 0 removes leftovers
-        write = getattr(self._checkpoint, "_write", None)
-        if write is None:  # a duck-typed checkpoint: record once write() returns
-            path = str(self._checkpoint.write(prefix))
-            self._record_and_sweep_state(path)
-            return path
-        # torchckpt.Checkpoint calls ``after`` once the bundle is committed, on the
-        # background thread for an asynchronous save, on rank 0 for a distributed one.
-        after = self._record_and_sweep_state if writes_files else None
-        path = str(write(prefix, options or CheckpointOptions(), after=after))
+        # ``on_commit`` runs once the bundle is committed: on the background thread for an
+        # asynchronous save, on rank 0 for a distributed one.
+        path = self._checkpoint.write(
+            prefix, options, on_commit=self._record_and_sweep_state if writes_files else None)
         if not writes_files:  # other ranks keep the same bookkeeping, touching no file
             self._record_and_sweep_state(path, touch_files=False)
         return path
 
     def _sync(self) -> None:
-        sync = getattr(self._checkpoint, "sync", None)
-        if sync is not None:
-            sync()
+        self._checkpoint.sync()
 
     def _remove_leftovers(self, prefix: str) -> None:
         """Step 1 of the commit protocol (module docstring)."""
@@ -261,11 +346,17 @@ class CheckpointManager:
             names = os.listdir(self._directory)
         except FileNotFoundError:
             names = []
+        for name in names:  # first finish re-saves a crash interrupted (format/commit.py)
+            if name.endswith(COMMIT_RECORD_SUFFIX) and numbered.fullmatch(
+                    name[: -len(COMMIT_RECORD_SUFFIX)]):
+                complete_commit(os.path.join(self._directory, name[: -len(COMMIT_RECORD_SUFFIX)]))
         for name in names:
             path = os.path.join(self._directory, name)
             final = final_path_of_temp(name)
             if final is not None:
-                if numbered.fullmatch(prefix_of(final)):
+                owner = prefix_of(final.removesuffix(COMMIT_RECORD_SUFFIX))
+                if numbered.fullmatch(owner) and not os.path.exists(
+                        record_path(os.path.join(self._directory, owner))):
                     _remove(path)
                 continue
             owner = prefix_of(name)
@@ -276,46 +367,47 @@ class CheckpointManager:
         for path in state_temp_files(self._directory):
             _remove(path)
         if os.path.normpath(prefix) not in named:  # an unrecorded, maybe partial, earlier write
-            _delete_checkpoint(prefix)
+            _delete_checkpoint(self._directory, prefix)
 
     def _record_and_sweep_state(self, save_path: str, touch_files: bool = True) -> None:
-        """Steps 3-5 of the commit protocol, run once the bundle is committed."""
-        timestamp = self._clock()
-        # An overwritten checkpoint moves to the end of the queue.
-        self._maybe_delete.pop(save_path, None)
-        self._maybe_delete[save_path] = timestamp
-        self._latest_checkpoint = save_path
-        leaving = self._sweep()
-        if touch_files:
-            self._record_state()
-            for path in leaving:
-                _delete_checkpoint(path)
+        """Steps 3-5 of the commit protocol, run once the bundle is committed.
 
-    def _sweep(self) -> list[str]:
-        """TF's ``_sweep`` without the deleting: trims the active set to ``max_to_keep``
-        and returns the checkpoints to delete (all but those kept by
-        ``keep_checkpoint_every_n_hours``)."""
+        The new bookkeeping is computed aside and adopted only once the state
+        file says the same, so a failed state-file write changes nothing.
+        """
+        timestamp = self._clock()
+        active = collections.OrderedDict(self._maybe_delete)
+        active.pop(save_path, None)  # an overwritten checkpoint moves to the end of the queue
+        active[save_path] = timestamp
+        leaving, preserved = self._sweep(active, self._last_preserved_timestamp)
+        if touch_files:
+            # write_state stores paths relative to the directory; absolute paths make that
+            # right for a relative ``directory`` too.
+            write_state(self._directory, os.path.abspath(save_path),
+                        [os.path.abspath(p) for p in active], timestamps=list(active.values()),
+                        last_preserved_timestamp=preserved)
+        self._maybe_delete, self._last_preserved_timestamp = active, preserved
+        self._latest_checkpoint = save_path
+        if touch_files:
+            for path in leaving:
+                _delete_checkpoint(self._directory, path)
+
+    def _sweep(self, active: collections.OrderedDict[str, float],
+               preserved: float) -> tuple[list[str], float]:
+        """TF's ``_sweep`` without the deleting: trims ``active`` (in place) to
+        ``max_to_keep``; returns the checkpoints to delete (all but those kept by
+        ``keep_checkpoint_every_n_hours``) and the new ``last_preserved_timestamp``."""
         leaving: list[str] = []
         if not self._max_to_keep:
-            return leaving  # everything stays in the active set
-        while len(self._maybe_delete) > self._max_to_keep:
-            path, timestamp = self._maybe_delete.popitem(last=False)
+            return leaving, preserved  # everything stays in the active set
+        while len(active) > self._max_to_keep:
+            path, timestamp = active.popitem(last=False)
             hours = self._keep_checkpoint_every_n_hours
-            if hours and timestamp - hours * 3600.0 >= self._last_preserved_timestamp:
-                self._last_preserved_timestamp = timestamp  # kept, but no longer listed
+            if hours and timestamp - hours * 3600.0 >= preserved:
+                preserved = timestamp  # kept, but no longer listed
                 continue
             leaving.append(path)
-        return leaving
-
-    def _record_state(self) -> None:
-        assert self._latest_checkpoint is not None  # only called after a save
-        paths = list(self._maybe_delete)
-        # write_state stores paths relative to the directory; absolute paths make that
-        # right for a relative ``directory`` too.
-        write_state(self._directory, os.path.abspath(self._latest_checkpoint),
-                    [os.path.abspath(p) for p in paths],
-                    timestamps=list(self._maybe_delete.values()),
-                    last_preserved_timestamp=self._last_preserved_timestamp)
+        return leaving, preserved
 
     def restore_or_initialize(self) -> str | None:
         """Restore the latest checkpoint, or call ``init_fn`` when there is none.

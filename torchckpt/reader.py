@@ -46,13 +46,12 @@ import numpy as np
 import torch
 
 from .adapters.tensors import array_to_tensor, torch_dtype_or_name
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CorruptCheckpointError
 from .format.bundle_reader import BundleReader
 from .format.dtypes import FIXED_WIDTH, DataType
-from .format.naming import data_path, index_path, prefix_of
+from .format.naming import data_path
 from .format.records import ENDIAN_LITTLE, BundleEntry
-from .format.slices import encode_slice_key
-from .format.state_file import STATE_FILENAME, read_state
+from .format.state_file import STATE_FILENAME, existing_latest, resolve_prefix
 
 PathLike = Union[str, "os.PathLike[str]"]
 Key = Union[str, bytes]
@@ -156,9 +155,7 @@ class CheckpointReader:
 
     def _listed(self) -> list[tuple[bytes, BundleEntry]]:
         """Every key with its entry, except the slice entries of sliced tensors."""
-        entries = [(k, self._bundle.entry(k)) for k in self._bundle.keys()]
-        hidden = {encode_slice_key(k, s) for k, e in entries for s in e.slices}
-        return [(k, e) for k, e in entries if k not in hidden]
+        return [(k, self._bundle.entry(k)) for k in self._bundle.listed_keys()]
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         """``{key: shape}`` for every tensor, as TF lists them.
@@ -226,48 +223,16 @@ def latest_checkpoint(directory: PathLike, latest_filename: str = STATE_FILENAME
     joined to ``directory`` and ``None`` means there is no state file. Unlike
     it, a state file that names a prefix without a ``.index`` file, or a path
     outside ``directory`` (e.g. an absolute TF1 path after the folder was moved),
-    is an error rather than ``None``: a run must not silently start over.
+    is an error rather than ``None``: a run must not silently start over, and
+    nothing outside the directory is followed.
 
     Raises:
         CheckpointNotFoundError: the named prefix does not exist.
-        CorruptCheckpointError: the state file is unreadable, has no
-            ``model_checkpoint_path``, or names a path outside ``directory``.
+        CorruptCheckpointError: the state file is unreadable or has no
+            ``model_checkpoint_path``.
+        OutsideDirectoryError: it names a path outside ``directory``.
     """
-    directory = os.fspath(directory)
-    state_path = os.path.join(directory, latest_filename)
-    state = read_state(directory, latest_filename)
-    if state is None:
-        return None
-    prefix = state.model_checkpoint_path
-    base = os.path.abspath(directory)
-    full = os.path.normpath(os.path.join(base, prefix))
-    if os.path.commonpath([base, full]) != base:
-        moved = os.path.join(directory, os.path.basename(full))
-        hint = (f"; '{moved}' exists, pass it explicitly if it is the one you mean"
-                if os.path.isfile(index_path(moved)) else "")
-        raise CorruptCheckpointError(state_path, f"the state file names '{prefix}', which is "
-                                     f"outside '{directory}'{hint}")
-    if not os.path.isfile(index_path(prefix)):
-        raise CheckpointNotFoundError(f"the state file '{state_path}' names checkpoint "
-                                      f"'{prefix}', but '{index_path(prefix)}' does not exist")
-    return prefix
-
-
-def _resolve(path: PathLike) -> str:
-    """A prefix from a prefix, a directory (its latest checkpoint) or a bundle file name."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        prefix = latest_checkpoint(p)
-        if prefix is None:
-            raise CheckpointNotFoundError(f"no checkpoint in directory '{p}': it has no "
-                                          f"'{STATE_FILENAME}' state file")
-        return prefix
-    if not os.path.isfile(index_path(p)):
-        alt = prefix_of(p)  # "ckpt-1.index" or "ckpt-1.data-00000-of-00001" given
-        if alt != p and os.path.isfile(index_path(alt)):
-            return alt
-        raise CheckpointNotFoundError(f"no checkpoint at '{p}': '{index_path(p)}' does not exist")
-    return p
+    return existing_latest(os.fspath(directory), latest_filename)
 
 
 def load_checkpoint(path: PathLike, *, verify_checksums: bool = True) -> CheckpointReader:
@@ -284,7 +249,7 @@ def load_checkpoint(path: PathLike, *, verify_checksums: bool = True) -> Checkpo
         CorruptCheckpointError: the state file, the index or the shard set is damaged.
         UnsupportedFormatError: a bundle version this reader does not accept.
     """
-    return CheckpointReader(_resolve(path), verify_checksums=verify_checksums)
+    return CheckpointReader(resolve_prefix(os.fspath(path)), verify_checksums=verify_checksums)
 
 
 def list_variables(path: PathLike) -> list[tuple[str, list[int]]]:

@@ -67,6 +67,8 @@ class BundleValue:
     def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """A new tensor holding the value, read straight into its memory when possible."""
         device = torch.device(device) if device is not None else self._device
+        if self._direct():  # its payload is checked to hold the value before it is allocated
+            self._reader.payload_location(self.key)
         if self._direct() and needs_staging(device):  # onto the GPU, through pinned buffers
             out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype), device=device)
             with staging_buffers() as buffers:
@@ -132,10 +134,35 @@ class BundleValue:
         """
         text = self.text()
         try:
-            return json.loads(text)
+            data = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise CorruptCheckpointError(self.path, f"python state is not JSON ({exc})",
                                          key=self.key) from exc
+        depth = json_depth(data)
+        if depth > MAX_JSON_DEPTH:
+            raise CorruptCheckpointError(self.path, f"python state is nested {depth} levels "
+                                         f"deep (at most {MAX_JSON_DEPTH})", key=self.key)
+        return data
+
+
+# Python state (JSON) may nest at most this deep. The adapters that rebuild it
+# (state_dict decoders, type checks) recurse over it, so a file could otherwise
+# pick the recursion depth; real state (optimizer, scheduler, data loader
+# state_dicts) nests fewer than ten levels.
+MAX_JSON_DEPTH = 100
+
+
+def json_depth(data: Any) -> int:
+    """How deeply lists and dicts nest in parsed JSON (a scalar is 0), found iteratively."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in (value.values() if isinstance(value, dict)
+                                                   else value))
+    return deepest
 
 
 class RestoreSession:
@@ -258,15 +285,16 @@ class RestoreSession:
     def _restore_ready_slots(self, node_id: int) -> None:
         """Restore slots whose optimizer and variable are both visited, the variable
         holding real data (a meta parameter without a saved value never does)."""
-        for var_id in [node_id] + [s.original_variable_node_id
-                                   for s in self.graph.nodes[node_id].slot_variables]:
+        var_ids = dict.fromkeys([node_id] + [s.original_variable_node_id
+                                             for s in self.graph.nodes[node_id].slot_variables])
+        for var_id in var_ids:  # each once: an optimizer node may list many slots of one
             if var_id not in self._adapters or not holds_data(self.bound[var_id]):
                 continue
             waiting = self._slot_waiting.get(var_id, [])
-            for opt_id, slot in list(waiting):
-                if opt_id not in self._adapters:
-                    continue
-                waiting.remove((opt_id, slot))
+            ready = [(opt_id, slot) for opt_id, slot in waiting if opt_id in self._adapters]
+            if ready:  # one pass, not one list.remove per slot
+                self._slot_waiting[var_id] = [w for w in waiting if w[0] not in self._adapters]
+            for opt_id, slot in ready:
                 slot_node = self.graph.nodes[slot.slot_variable_node_id]
                 if not slot_node.attributes:
                     self.pending_slots.pop(slot.slot_variable_node_id, None)
@@ -304,28 +332,39 @@ class RestoreSession:
     def _waiting_nodes(self) -> set[int]:
         """Nodes whose values can still land: everything under a watched edge, and
         slots whose variable is bound or itself under a watched edge."""
-        waiting: set[int] = set()
-        for (parent, name) in self.pending:
-            waiting.update(self._subtree(parent, name))
+        waiting = self._unbound_below(self._watched_nodes())
         for slot_node, var_node in self.pending_slots.items():
             if var_node in waiting or (var_node in self.bound
                                        and holds_data(self.bound[var_node])):
                 waiting.add(slot_node)
         return waiting
 
-    def _subtree(self, parent: int, name: str) -> list[int]:
-        start = next(c.node_id for c in self.graph.nodes[parent].children if c.local_name == name)
-        out, stack, seen = [], [start], set()
+    def _watched_nodes(self) -> list[int]:
+        """The node each watched ``(parent, local name)`` edge leads to (its first
+        child of that name), each parent's children listed once."""
+        first_child: dict[int, dict[str, int]] = {}
+        for parent, _ in self.pending:
+            if parent not in first_child:
+                named: dict[str, int] = {}
+                for c in self.graph.nodes[parent].children:
+                    named.setdefault(c.local_name, c.node_id)
+                first_child[parent] = named
+        return [first_child[parent][name] for parent, name in self.pending]
+
+    def _unbound_below(self, starts: list[int]) -> set[int]:
+        """Every unbound node reachable from ``starts`` without passing a bound node,
+        through children and slot links: one walk for all starts, O(nodes + edges)."""
+        seen: set[int] = set()
+        stack = list(starts)
         while stack:
             i = stack.pop()
             if i in seen or i in self.bound:
                 continue
             seen.add(i)
-            out.append(i)
             node = self.graph.nodes[i]
             stack.extend(c.node_id for c in node.children)
             stack.extend(s.slot_variable_node_id for s in node.slot_variables)
-        return out
+        return seen
 
     def _unmatched_live(self) -> list[str]:
         """Live objects holding values that no checkpoint value reached or is waiting
@@ -338,26 +377,28 @@ class RestoreSession:
             if live is not None:
                 waiting_live.add(identity(live))
         out = []
+        restored = self._restored_slots()
         for obj, path, adapter in zip(walk.objects, walk.paths, adapters):
             node_id = self._bound_ids.get(identity(obj))
             if adapter.holds_values and identity(obj) not in waiting_live:
                 if node_id is None or node_id not in self.applied:
                     out.append(readable_path(path))
             for variable, slot_name, _ in adapter.slot_variables():
-                if not self._slot_restored(node_id, variable, slot_name):
+                var_node = self._bound_ids.get(identity(variable))
+                if (node_id, var_node, slot_name) not in restored:
                     var_path = walk.paths[walk.ids[identity(variable)]] \
                         if identity(variable) in walk.ids else ("<unreachable>",)
                     out.append(f"{readable_path(path)} state '{slot_name}' of "
                                f"{readable_path(var_path)}")
         return sorted(out)
 
-    def _slot_restored(self, opt_node: int | None, variable: Any, slot_name: str) -> bool:
-        var_node = self._bound_ids.get(identity(variable))
-        if opt_node is None or var_node is None:
-            return False
-        return any(s.original_variable_node_id == var_node and s.slot_name == slot_name
-                   and s.slot_variable_node_id in self.applied
-                   for s in self.graph.nodes[opt_node].slot_variables)
+    def _restored_slots(self) -> set[tuple[int, int, str]]:
+        """``(optimizer node, variable node, slot name)`` of every applied slot, for
+        lookups in constant time (an optimizer node may list very many slots)."""
+        return {(opt_node, s.original_variable_node_id, s.slot_name)
+                for opt_node in self._adapters
+                for s in self.graph.nodes[opt_node].slot_variables
+                if s.slot_variable_node_id in self.applied}
 
     def _release(self) -> None:
         """Close the files once no value can arrive any more (nothing is watched)."""

@@ -36,11 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import TorchckptError
+from .adapters.schema import as_int, as_real, as_tensor, generator_state, refuse
+from .errors import InvalidValueError, TorchckptError
 
-__all__ = ["RNGState", "HostRNGSnapshot", "capture_host_rng", "apply_host_rng"]
+__all__ = ["RNGState", "HostRNGSnapshot", "capture_host_rng", "apply_host_rng",
+           "check_host_rng"]
 
 _MT_WORDS = 624  # MT19937 state words, shared by numpy's RandomState and CPython's random
+_WORD_END = 2 ** 32  # words are uint32 (stored widened to int64)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,72 @@ class HostRNGSnapshot:
                 "python": dict(self.python_state)}
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Any]) -> HostRNGSnapshot:
+    def from_state_dict(cls, sd: dict[str, Any], field: str = "") -> HostRNGSnapshot:
+        """The snapshot ``sd`` describes, checked by :func:`check_host_rng` first.
+
+        Raises:
+            InvalidValueError: ``sd`` is not a valid state (``field`` locates it in
+                an enclosing state, for the message).
+        """
+        check_host_rng(sd, field)
         return cls(_as_bytes_tensor(sd["torch"]), dict(sd["numpy"]), dict(sd["python"]))
+
+
+def check_host_rng(sd: Any, field: str = "") -> None:
+    """Refuse anything but a state the three generators take exactly as it is.
+
+    ``torch``: a uint8 tensor of the size of torch's CPU generator state, which a
+    scratch generator accepts. ``numpy``: ``key`` an int64 tensor of 624 words in
+    [0, 2**32), ``pos`` in [0, 624] (numpy does not check it, and reads its key at
+    ``pos``), ``has_gauss`` 0 or 1, ``cached_gaussian`` finite. ``python``:
+    ``version`` this Python's (3), ``internal`` an int64 tensor of 624 words and an
+    index in [0, 624], ``gauss_next`` None or finite. Nothing is set.
+
+    Raises:
+        InvalidValueError: naming the field, expected and found.
+    """
+    parts = _fields(sd, field, ("torch", "numpy", "python"), "a dict of generator states")
+    generator_state(sd["torch"], parts["torch"])
+    numpy_sd = sd["numpy"]
+    sub = _fields(numpy_sd, parts["numpy"], ("key", "pos", "has_gauss", "cached_gaussian"),
+                  "numpy's RandomState as a dict")
+    _words(numpy_sd["key"], sub["key"], _MT_WORDS)
+    as_int(numpy_sd["pos"], sub["pos"], 0, _MT_WORDS)
+    as_int(numpy_sd["has_gauss"], sub["has_gauss"], 0, 1)
+    as_real(numpy_sd["cached_gaussian"], sub["cached_gaussian"])
+    python_sd = sd["python"]
+    sub = _fields(python_sd, parts["python"], ("version", "internal", "gauss_next"),
+                  "Python's random state as a dict")
+    version = random.getstate()[0]
+    as_int(python_sd["version"], sub["version"], version, version)
+    internal = _words(python_sd["internal"], sub["internal"], _MT_WORDS + 1)
+    if not 0 <= int(internal[-1]) <= _MT_WORDS:
+        refuse(f"{sub['internal']}[{_MT_WORDS}]", f"an index in [0, {_MT_WORDS}]",
+               int(internal[-1]))
+    if python_sd["gauss_next"] is not None:
+        as_real(python_sd["gauss_next"], sub["gauss_next"])
+
+
+def _fields(sd: Any, field: str, names: tuple[str, ...], what: str) -> dict[str, str]:
+    """Each of ``names``' field path; refuses a non-dict or a missing name."""
+    if not isinstance(sd, dict):
+        refuse(field, what, sd)
+    paths = {name: f"{field}.{name}" if field else name for name in names}
+    for name in names:
+        if name not in sd:
+            raise InvalidValueError("missing", field=paths[name])
+    return paths
+
+
+def _words(t: Any, field: str, count: int) -> torch.Tensor:
+    """An int64 tensor of ``count`` MT19937 words (the last may be an index, checked by
+    the caller): every word but that one in [0, 2**32)."""
+    as_tensor(t, field, dtype=torch.int64, shape=(count,))
+    words = t[:_MT_WORDS]
+    if bool((words < 0).any()) or bool((words >= _WORD_END).any()):
+        bad = int(words[(words < 0) | (words >= _WORD_END)][0])
+        refuse(field, f"words in [0, {_WORD_END})", bad)
+    return t
 
 
 def capture_host_rng() -> HostRNGSnapshot:
@@ -133,12 +200,34 @@ class RNGState:
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Set the generators to ``state_dict`` (from :meth:`state_dict`, possibly restored)."""
-        apply_host_rng(HostRNGSnapshot.from_state_dict(state_dict))
-        cuda = list(state_dict.get("cuda", []))
-        if cuda and torch.cuda.is_available():
-            for device, st in enumerate(cuda[: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(_as_bytes_tensor(st), device)
+        """Set the generators to ``state_dict`` (from :meth:`state_dict`, possibly restored).
+
+        Every state is checked before any generator is set (:func:`check_host_rng`;
+        each CUDA state must be a uint8 tensor, and for a device that exists here, one
+        that device's generator accepts), so a refused state changes nothing.
+
+        Raises:
+            InvalidValueError: a state of the wrong type, size or content.
+        """
+        snapshot = HostRNGSnapshot.from_state_dict(state_dict)
+        cuda = _checked_cuda(state_dict.get("cuda", []))
+        apply_host_rng(snapshot)
+        for device, st in enumerate(cuda):
+            torch.cuda.set_rng_state(_as_bytes_tensor(st), device)
 
     def __repr__(self) -> str:
         return "RNGState()"
+
+
+def _checked_cuda(states: Any) -> list[torch.Tensor]:
+    """The CUDA states to set: one per device that exists here, each checked."""
+    if not isinstance(states, (list, tuple)):
+        refuse("cuda", "a list of CUDA generator states", states)
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = []
+    for device, st in enumerate(states):
+        if device < devices:
+            out.append(generator_state(st, f"cuda[{device}]", f"cuda:{device}"))
+        else:  # no such device here: ignored, as the module doc says
+            as_tensor(st, f"cuda[{device}]", dtype=torch.uint8)
+    return out

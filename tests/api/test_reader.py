@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ from golden_data import BY_ID
 from torchckpt.adapters.tensors import tensor_to_buffer, tf_dtype_of
 from torchckpt.format import BundleWriter, DataType, write_state
 from torchckpt.format.records import Extent, TensorSlice
+from processes import run_isolated
 
 
 def _write(prefix: str, tensors: dict[str, torch.Tensor], strings: dict | None = None) -> str:
@@ -141,6 +141,6 @@ def test_format_layer_imports_without_torch() -> None:
             "import torchckpt, torchckpt.format as f\n"
             f"r = f.BundleReader({BY_ID['dtype_zoo/ckpt-1'].prefix!r})\n"
             "print(len(r.keys()), 'torch' in sys.modules and sys.modules['torch'] is not None)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_isolated([sys.executable, "-c", code], timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["25", "False"]

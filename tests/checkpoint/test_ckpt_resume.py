@@ -14,7 +14,6 @@ the parameters in another order, and an optimizer with an extra parameter
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from ckpt_helpers import OPTIMIZERS, make_run, state_arrays
 
 from torchckpt import Checkpoint, UnmatchedError
+from processes import run_isolated
 
 K, N = 3, 3
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_in_fresh_process.py")
@@ -47,8 +47,8 @@ def fresh_process_results(tmp_path_factory: pytest.TempPathFactory):
         run.train(N)
         refs[name] = state_arrays(run)
         jobs.append(f"{name}={prefix}")
-    proc = subprocess.run([sys.executable, SCRIPT, str(d), str(N), *jobs],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_isolated([sys.executable, SCRIPT, str(d), str(N), *jobs],
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = {}
     for name in OPTIMIZERS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torchckpt
 from torchckpt.cli import main
 from torchckpt.format import BundleWriter, DataType
 from torchckpt.format.dtypes import DataType as DT
+from processes import run_isolated
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "tf"
 PREFIXES = sorted(p.with_name(p.name[:-len(".meta.json")]) for p in FIXTURES.glob("*/*.meta.json"))
@@ -227,7 +227,6 @@ def test_every_command_on_torchckpt_written_checkpoints(capsys, tmp_path) -> Non
 
 
 def test_python_dash_m(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "torchckpt", "verify",
-                           str(FIXTURES / "keras2_adam")], capture_output=True, text=True,
-                          timeout=120)
+    proc = run_isolated([sys.executable, "-m", "torchckpt", "verify",
+                           str(FIXTURES / "keras2_adam")], timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("OK ")

@@ -9,11 +9,11 @@ marked ``tf`` use it; a missing TensorFlow fails them, it does not skip them.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import run_isolated
 
 HERE = Path(__file__).resolve().parent
 
@@ -22,8 +22,8 @@ HERE = Path(__file__).resolve().parent
 def tf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tf_models")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
-    proc = subprocess.run([sys.executable, str(HERE / "convert_tf_models.py"), str(out)],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = run_isolated([sys.executable, str(HERE / "convert_tf_models.py"), str(out)],
+                          timeout=900, env=env)
     if proc.returncode != 0:
         pytest.fail("TensorFlow could not make the test models (the tf tests need "
                     f"tensorflow-cpu and tf-keras):\n{proc.stderr[-5000:]}", pytrace=False)

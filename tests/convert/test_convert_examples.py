@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import run_isolated
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -21,8 +21,7 @@ pytestmark = [pytest.mark.tf, pytest.mark.slow]
 ])
 def test_example_runs(script: str, checks: list[str]) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
-    proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = run_isolated([sys.executable, str(EXAMPLES / script)], timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for check in checks:
         assert f"checked: {check}" in proc.stdout, proc.stdout

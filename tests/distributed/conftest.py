@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import run_isolated
 
 HERE = Path(__file__).resolve().parent
 PHASES = HERE / "dist_phases.py"
@@ -50,8 +50,8 @@ def dist_run(tmp_path_factory: pytest.TempPathFactory) -> DistRun:
     workdir = tmp_path_factory.mktemp("distributed")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    proc = subprocess.run([sys.executable, str(PHASES), str(workdir)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_isolated([sys.executable, str(PHASES), str(workdir)], env=env,
+                          timeout=300)
     log = proc.stdout + proc.stderr
     phases_file = workdir / "phases.json"
     if proc.returncode != 0 or not phases_file.exists():

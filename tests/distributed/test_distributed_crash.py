@@ -20,6 +20,7 @@ from compare import assert_same_values
 from dist_harness import PG_TIMEOUT_S, full_values, load_dump, mlp
 
 from torchckpt import Checkpoint
+from torchckpt.format.naming import TEMP_INFIX
 
 
 def _previous_is_latest(run, phase: str) -> None:
@@ -46,7 +47,16 @@ def test_committer_killed_before_index(dist_run) -> None:
     _survivor_raised(dist_run, "crash_committer", rank=1)
     _previous_is_latest(dist_run, "crash_committer")
     files = dist_run.json("after-crash_committer.json")["files"]
-    assert {"ckpt-2.data-00000-of-00002", "ckpt-2.data-00001-of-00002"} <= set(files)
+    # both data files are durable under the save's shared temporary token, not yet renamed
+    # (the earlier crashed save left temporary files of its own token too)
+    by_token: dict[str, list[str]] = {}
+    for f in files:
+        if f.startswith("ckpt-2.data-") and TEMP_INFIX in f:
+            final, token = f.split(TEMP_INFIX)
+            by_token.setdefault(token, []).append(final)
+    assert ["ckpt-2.data-00000-of-00002", "ckpt-2.data-00001-of-00002"] in [
+        sorted(v) for v in by_token.values()], files
+    assert "ckpt-2.index" not in files and "ckpt-2.data-00000-of-00002" not in files
 
 
 def test_next_save_succeeds(dist_run) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from processes import run_isolated
 
 CHECK = r"""
 import json, sys
@@ -53,8 +53,8 @@ def test_tensorflow_reads_merged_checkpoints(dist_run) -> None:
     cases = [(os.path.join(w, name, f"ckpt-{n}"), os.path.join(w, name))
              for name, n in (("ddp4", 1), ("fsdp4", 1), ("dt4", 1), ("fsdp2", 2))]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = run_isolated([sys.executable, "-c", CHECK, json.dumps(cases)], env=env,
+                          timeout=240)
     if proc.returncode != 0:
         pytest.fail(f"TensorFlow could not read the checkpoints (is tensorflow-cpu installed? "
                     f"`pip install -e .[test]`):\n{proc.stderr[-4000:]}", pytrace=False)

@@ -15,6 +15,7 @@ from torch.distributed.tensor._utils import _compute_local_shape_and_global_offs
 from torchckpt.errors import CorruptCheckpointError
 from torchckpt.format import BundleReader, BundleWriter, write_index
 from torchckpt.format.dtypes import DataType
+from torchckpt.format.naming import TEMP_INFIX
 from torchckpt.format.records import BundleEntry
 from torchckpt.distributed.layout import Box, box_shape, chunk_box, tensor_slice
 from torchckpt.distributed.merge import MergeError, merge_entries
@@ -120,13 +121,14 @@ BOXES = [((0, 2), (0, 4)), ((2, 5), (0, 4)), ((5, 6), (0, 4))]
 
 def _three_slices(tmp_path, keep: tuple[int, ...] = (0, 1, 2)) -> tuple[str, np.ndarray]:
     """A (6, 4) tensor written as the distributed save does: one writer per "rank",
-    each committing its own shard, then the merged index (``keep``: the slices whose
-    entries make it into the index)."""
+    each sealing its own shard under the save's token, then the merged index, which
+    commits them all (``keep``: the slices whose entries make it into the index)."""
     full = np.arange(24, dtype=np.float32).reshape(6, 4)
     prefix = os.path.join(tmp_path, "sliced")
     parts = []
+    token = "12345"
     for rank, box in enumerate(BOXES):
-        w = BundleWriter(prefix, num_shards=3)
+        w = BundleWriter(prefix, num_shards=3, token=token)
         part = np.ascontiguousarray(full[box[0][0]:box[0][1]])
         w.add_sliced("w", F32, (6, 4), [(tensor_slice(box), part)], shard=rank)
         parts.append(w.finish_data([rank]))
@@ -136,7 +138,7 @@ def _three_slices(tmp_path, keep: tuple[int, ...] = (0, 1, 2)) -> tuple[str, np.
             for k in part:
                 if k != b"w":
                     del entries[k]
-    write_index(prefix, 3, entries)
+    write_index(prefix, 3, entries, token=token)
     return prefix, full
 
 
@@ -180,18 +182,20 @@ def test_read_box_reports_a_missing_slice(tmp_path) -> None:
 
 # --- the writer's shard-only commit ----------------------------------------------------------
 
-def test_finish_data_commits_one_shard_and_no_index(tmp_path) -> None:
+def test_finish_data_seals_one_shard_and_write_index_commits_it(tmp_path) -> None:
     prefix = os.path.join(tmp_path, "p")
     w = BundleWriter(prefix, num_shards=3)
     w.add("a", np.ones(2, dtype=np.float32), F32, (2,), shard=1)
     entries = w.finish_data([1])
-    assert sorted(os.listdir(tmp_path)) == ["p.data-00001-of-00003"]
+    assert sorted(os.listdir(tmp_path)) == [f"p.data-00001-of-00003{TEMP_INFIX}{w.token}"]
     assert entries[b"a"].shard_id == 1
+    write_index(prefix, 3, entries, token=w.token)
+    assert sorted(os.listdir(tmp_path)) == ["p.data-00001-of-00003", "p.index"]
     w = BundleWriter(prefix, num_shards=3)
     w.add("a", np.ones(2, dtype=np.float32), F32, (2,), shard=2)
     with pytest.raises(ValueError, match="not committed"):
         w.finish_data([1])
-    assert sorted(os.listdir(tmp_path)) == ["p.data-00001-of-00003"]
+    assert sorted(os.listdir(tmp_path)) == ["p.data-00001-of-00003", "p.index"]
 
 
 def test_is_active_without_a_process_group() -> None:

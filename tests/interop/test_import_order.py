@@ -9,13 +9,14 @@ checkpoint there.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from golden_data import BY_ID
+from processes import run_isolated
 
 pytestmark = pytest.mark.tf
 
@@ -56,10 +57,11 @@ SCRIPT = textwrap.dedent("""
 def test_both_import_orders_read_the_same_checkpoint(tf) -> None:  # noqa: ANN001
     prefix = BY_ID["dtype_zoo/ckpt-1"].prefix
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    runs = {order: subprocess.Popen([sys.executable, "-c", SCRIPT, prefix, order], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for order in ("tensorflow,torchckpt", "torchckpt,tensorflow")}
+    orders = ("tensorflow,torchckpt", "torchckpt,tensorflow")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(orders, pool.map(
+            lambda order: run_isolated([sys.executable, "-c", SCRIPT, prefix, order], env=env,
+                                       timeout=240), orders)))
     for order, proc in runs.items():
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, f"{order}:\n{err[-3000:]}"
-        assert out.startswith("ok"), out
+        assert proc.returncode == 0, f"{order}:\n{proc.stderr[-3000:]}"
+        assert proc.stdout.startswith("ok"), proc.stdout

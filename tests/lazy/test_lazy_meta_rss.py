@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import pytest
+from processes import run_isolated
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "meta_rss_script.py")
 LAYERS, WIDTH = 8, 8192  # 8 x Linear(8192, 8192): 2 GiB of float32 weights
@@ -31,8 +31,7 @@ GIB = 1 << 30
 
 
 def run(*args: str) -> str:
-    proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_isolated([sys.executable, SCRIPT, *args], timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 

@@ -114,6 +114,7 @@ def test_restore_or_initialize(tmp_path):
     m = CheckpointManager(ckpt, tmp_path, max_to_keep=1, init_fn=lambda: calls.append(1))
     assert m.restore_or_initialize() is None and calls == [1]
     m.save()
+    m.close()  # a restart: the next manager takes over the directory
     fresh = _ckpt(0)
     step = torch.tensor(7)
     m2 = CheckpointManager(fresh, tmp_path, max_to_keep=1, init_fn=lambda: calls.append(2),
@@ -131,6 +132,7 @@ def test_a_new_manager_takes_over_the_directory(tmp_path):
     for _ in range(3):
         clock.advance(10)
         m.save()
+    m.close()
     again = CheckpointManager(ckpt, tmp_path, max_to_keep=1, clock=clock)
     assert again.latest_checkpoint == m.latest_checkpoint
     assert again.checkpoints == m.checkpoints
@@ -161,6 +163,7 @@ def test_moved_directory_still_resolves_and_keeps_pruning(tmp_path):
     for v in range(3):
         m.checkpoint.w.fill_(v)
         m.save()
+    m.close()
     shutil.move(str(src), str(dst))
     expected = os.path.join(str(dst), "ckpt-3")
     assert latest_checkpoint(str(dst)) == expected
@@ -171,6 +174,7 @@ def test_moved_directory_still_resolves_and_keeps_pruning(tmp_path):
     fresh = _ckpt(-1)
     fresh.restore(moved.latest_checkpoint).assert_consumed()
     assert torch.equal(fresh.w, torch.full((3,), 2.0)) and fresh.save_counter == 3
+    moved.close()
     moved2 = CheckpointManager(fresh, dst, max_to_keep=2)
     moved2.save()
     assert _files(dst) == sorted(["checkpoint", *_bundle("ckpt-3"), *_bundle("ckpt-4")])

@@ -52,6 +52,8 @@ class _Side:
         if kw.get("checkpoint_interval") is not None:
             kw["step_counter"] = self.step
         if self.ours:
+            if self.manager is not None:  # a restart: the old manager lets go of the directory
+                self.manager.close()
             self.manager = CheckpointManager(self.ckpt, self.dir, clock=self.clock, **kw)
         else:
             self.manager = self.tf.train.CheckpointManager(self.ckpt, self.dir, **kw)
@@ -154,6 +156,7 @@ def test_tensorflow_and_torchckpt_take_turns_in_one_directory(tf, tmp_path):
         ours.w.fill_(v)
         mine.save()
     assert tf.train.latest_checkpoint(directory) == mine.latest_checkpoint
+    mine.close()
     theirs = tf.train.Checkpoint(w=tf.Variable(tf.zeros(3)))
     tf_manager = tf.train.CheckpointManager(theirs, directory, max_to_keep=3)
     assert tf_manager.checkpoints == mine.checkpoints

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from processes import run_isolated
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_script.py")
 STEPS, SAVE_EVERY = 30, 4
@@ -41,8 +42,7 @@ def _command(directory, name: str, *, workers: int, loader: str, kill_at: int = 
 def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
     """Run independent processes a few at a time (each spends seconds importing torch)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True,
-                                                      timeout=600), commands))
+        return list(pool.map(lambda c: run_isolated(c, timeout=600), commands))
 
 
 def _losses(path) -> list[tuple[int, str]]:

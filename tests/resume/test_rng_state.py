@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 
 import numpy as np
@@ -69,6 +68,7 @@ def test_malformed_state_is_a_torchckpt_error():
 
 _CUDA_CHILD = """
 import torch, torchckpt
+from processes import run_isolated
 assert torch.cuda.is_available()
 rng = torchckpt.RNGState()
 sd = rng.state_dict()
@@ -86,10 +86,9 @@ def test_cuda_generators_round_trip():
     env = dict(os.environ)
     if env.get("CUDA_VISIBLE_DEVICES") == "":  # tests/conftest.py hides GPUs from TensorFlow
         del env["CUDA_VISIBLE_DEVICES"]
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    probe = run_isolated([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           env=env, timeout=120)
     if probe.stdout.strip() != "True":
         pytest.skip("no CUDA device")
-    proc = subprocess.run([sys.executable, "-c", _CUDA_CHILD], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = run_isolated([sys.executable, "-c", _CUDA_CHILD], env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

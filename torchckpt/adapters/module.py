@@ -82,10 +82,12 @@ class RegistrationWatches:
         self._watches: dict[tuple[int, str], list[weakref.ref[_ChildWatch]]] = {}
         self._handles: list[Any] = []
         self._dispatching = 0
+        self._dead = 0  # watches that died since the last scan (counted by weakref callbacks)
 
     def add(self, watch: _ChildWatch) -> None:
         self.sweep()
-        self._watches.setdefault((id(watch.module), watch.name), []).append(weakref.ref(watch))
+        self._watches.setdefault((id(watch.module), watch.name), []).append(
+            weakref.ref(watch, self._died))
         if not self._handles:
             self._handles = [
                 _module_hooks.register_module_module_registration_hook(self._on_register),
@@ -102,12 +104,24 @@ class RegistrationWatches:
             self._watches.pop(key, None)
         self.sweep()
 
+    def _died(self, _ref: weakref.ref) -> None:
+        self._dead += 1
+
     def sweep(self) -> None:
-        """Forget dead watches; remove the torch hooks if none is left (never inside one)."""
+        """Forget dead watches; remove the torch hooks if none is left (never inside one).
+
+        The table is scanned only once at least half as many watches died since the
+        last scan as it has entries (so always once all are dead): every watch adds
+        and fires with a sweep, and a scan each time made thousands of watches
+        quadratic.
+        """
         if self._dispatching:
             return
-        for key in [k for k, refs in self._watches.items() if all(r() is None for r in refs)]:
-            del self._watches[key]
+        if self._dead and 2 * self._dead >= len(self._watches):
+            self._dead = 0
+            for key in [k for k, refs in self._watches.items()
+                        if all(r() is None for r in refs)]:
+                del self._watches[key]
         if not self._watches and self._handles:
             for h in self._handles:
                 h.remove()

@@ -25,13 +25,22 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import CorruptCheckpointError, MismatchError
+from ..errors import CorruptCheckpointError, InvalidValueError, MismatchError
 from ..graph.keys import PY_STATE_KEY
+from .owners import OPTIMIZER_STATE, check_optimizer_group
 from .registry import Adapter, ValueSource
+from .schema import as_real, check_state
 from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
-from .tensors import torch_dtype_of
+from .tensors import torch_dtype_or_name
 
 _STEP_SLOTS = ("step",)
+# Slots torch's optimizers keep, by shape: a 0-d float (checked finite and >= 0), or
+# one of the parameter's shape. Other names (Adafactor's row_var, a third party's
+# state) are checked for a tensor dtype only, and the live tensor's shape if any.
+_SCALAR_SLOTS = frozenset({"step", "eta", "mu", "mu_product"})
+_PARAM_SHAPED_SLOTS = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
+                                 "square_avg", "acc_delta", "sum", "ax", "prev", "step_size",
+                                 "grad_avg", "exp_inf"})
 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -70,46 +79,120 @@ class OptimizerAdapter(Adapter):
     # --- restoring -----------------------------------------------------------------------
 
     def restore(self, values: dict[str, ValueSource]) -> None:
+        """Land the saved hyperparameters and non-tensor state, all checked first.
+
+        Raises:
+            CorruptCheckpointError: the python state is not an optimizer's.
+            MismatchError: another number of param groups.
+            InvalidValueError: a value of the wrong type or range (``owners``); nothing
+                is changed then.
+        """
         if PY_STATE_KEY not in values:
             return
+        source = values[PY_STATE_KEY]
         saved = read_state(values)
         if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
                 or not isinstance(saved.get("state"), dict) \
                 or not all(isinstance(g, dict) for g in saved["param_groups"]):
-            source = values[PY_STATE_KEY]
             raise CorruptCheckpointError(source.path, "optimizer python state lacks "
                                          "'param_groups'/'state'", key=source.key)
         live = self.obj.param_groups
         if len(saved["param_groups"]) != len(live):
-            raise MismatchError(values[PY_STATE_KEY].key, "param group count",
+            raise MismatchError(source.key, "param group count",
                                 saved=len(saved["param_groups"]), live=len(live))
-        for group, hyper in zip(live, saved["param_groups"]):
-            # "params" is the live group's own list; a file never replaces it
-            group.update({k: v for k, v in hyper.items() if k != "params"})
+        try:
+            groups = [check_optimizer_group(self.obj, group, hyper, f"param_groups[{i}]")
+                      for i, (group, hyper) in enumerate(zip(live, saved["param_groups"]))]
+            other = self._checked_other_state(saved["state"])
+        except InvalidValueError as exc:
+            raise exc.located(source.path, source.key) from exc.__cause__
+        for group, hyper in zip(live, groups):
+            group.update(hyper)
+        for param, state in other:
+            self.obj.state[param].update(state)
+
+    def _checked_other_state(self, saved: dict[Any, Any]) -> list[tuple[torch.Tensor, Any]]:
+        """Non-tensor per-parameter state (LBFGS counters) by parameter position;
+        positions past the live parameters are ignored, as before the checks."""
         params = _params(self.obj)
-        for index, other in saved["state"].items():
-            # non-tensor per-parameter state (LBFGS counters) goes by position
-            if index.isdigit() and int(index) < len(params) and isinstance(other, dict):
-                self.obj.state[params[int(index)]].update(other)
+        out = []
+        for index, other in saved.items():
+            if not (isinstance(index, str) and index.isascii() and index.isdigit()) \
+                    or int(index) >= len(params):
+                continue
+            param = params[int(index)]
+            live = {k: v for k, v in self.obj.state.get(param, {}).items()
+                    if not isinstance(v, torch.Tensor)}
+            out.append((param, check_state(other, live, OPTIMIZER_STATE, f"state[{index!r}]")))
+        return out
 
     def restore_slot(self, variable: Any, slot_name: str, value: ValueSource,
                      done: Callable[[], None]) -> None:
         """Put one state tensor of ``variable`` in place (the restore calls this only
         once ``variable`` holds real data: not meta, not a lazy placeholder)."""
-        self._apply(variable, slot_name, value)
+        scalar = self._checked_slot(variable, slot_name, value)
+        self._apply(variable, slot_name, value, scalar)
         done()
 
-    def _apply(self, param: torch.Tensor, slot_name: str, value: ValueSource) -> None:
+    def _checked_slot(self, param: torch.Tensor, slot_name: str,
+                      value: ValueSource) -> torch.Tensor | None:
+        """Refuse a slot of no tensor type, of the wrong shape, or (for the slots torch's
+        optimizers keep) not floating; a 0-d slot is read and returned, checked finite
+        and >= 0.
+
+        Raises:
+            MismatchError: the wrong shape. InvalidValueError: the wrong type or value.
+        """
+        dtype = torch_dtype_or_name(value.dtype)
+        shape = self._slot_shape(param, slot_name)
+        if shape is not None and tuple(value.shape) != shape:
+            raise MismatchError(value.key, "shape", saved=list(value.shape), live=list(shape))
+        known = slot_name in _SCALAR_SLOTS or slot_name in _PARAM_SHAPED_SLOTS
+        floating = isinstance(dtype, torch.dtype) and (dtype.is_floating_point or (
+            dtype.is_complex and param.is_complex() and slot_name in _PARAM_SHAPED_SLOTS))
+        if not isinstance(dtype, torch.dtype) or (known and not floating):
+            found = str(dtype).replace("torch.", "")
+            raise InvalidValueError(f"expected a floating tensor for optimizer state "
+                                    f"'{slot_name}', found one of dtype {found}",
+                                    path=value.path, key=value.key)
+        if slot_name not in _SCALAR_SLOTS:
+            return None
+        scalar = value.tensor("cpu")
+        try:
+            as_real(scalar.item(), slot_name, lo=0)
+        except InvalidValueError as exc:
+            raise exc.located(value.path, value.key) from None
+        return scalar
+
+    def _slot_shape(self, param: torch.Tensor, slot_name: str) -> tuple[int, ...] | None:
+        """The shape slot ``slot_name`` of ``param`` must have, if known."""
+        if slot_name in _SCALAR_SLOTS:
+            return ()
+        if slot_name in _PARAM_SHAPED_SLOTS:
+            return tuple(param.shape)
+        existing = self.obj.state.get(param, {}).get(slot_name)
+        return tuple(existing.shape) if isinstance(existing, torch.Tensor) else None
+
+    def _apply(self, param: torch.Tensor, slot_name: str, value: ValueSource,
+               scalar: torch.Tensor | None) -> None:
         state = self.obj.state[param]
         existing = state.get(slot_name)
         if isinstance(existing, torch.Tensor) and tuple(existing.shape) == tuple(value.shape) \
-                and existing.dtype == torch_dtype_of(value.dtype) and not existing.is_meta:
+                and existing.dtype == torch_dtype_or_name(value.dtype) and not existing.is_meta:
             with torch.no_grad():
-                value.copy_into(existing)
+                if scalar is not None:
+                    existing.copy_(scalar)
+                else:
+                    value.copy_into(existing)
             return
         # tensor_like: a sharded (DTensor) parameter gets state sharded like it, of which
         # only this rank's part is read (torchckpt.distributed); others as before.
-        fresh = value.tensor("cpu") if slot_name in _STEP_SLOTS else value.tensor_like(param)
+        if scalar is not None and slot_name in _STEP_SLOTS:
+            fresh = scalar
+        elif scalar is not None:
+            fresh = scalar.to(param.device)
+        else:
+            fresh = value.tensor_like(param)
         state[slot_name] = self._placed(param, slot_name, fresh)
 
     def _placed(self, param: torch.Tensor, slot_name: str, t: torch.Tensor) -> torch.Tensor:

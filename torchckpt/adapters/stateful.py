@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CorruptCheckpointError, UntrackableError
+from ..errors import CorruptCheckpointError, InvalidValueError, TorchckptError, UntrackableError
 from ..graph.keys import PY_STATE_KEY
+from .owners import check_known_state
 from .registry import Adapter, ValueSource
+from .tensors import torch_dtype_or_name
 
 TENSOR_ATTRIBUTE = "tensor_{}"
 # A one-key JSON object with one of these keys is a tag; a user dict that looks
@@ -117,7 +119,11 @@ def read_state(values: dict[str, ValueSource]) -> Any:
     data = source.json()
     tensors: list[torch.Tensor] = []
     while TENSOR_ATTRIBUTE.format(len(tensors)) in values:
-        tensors.append(values[TENSOR_ATTRIBUTE.format(len(tensors))].tensor("cpu"))
+        value = values[TENSOR_ATTRIBUTE.format(len(tensors))]
+        if not isinstance(torch_dtype_or_name(value.dtype), torch.dtype):
+            raise InvalidValueError(f"expected a tensor, found {torch_dtype_or_name(value.dtype)}",
+                                    path=value.path, key=value.key)
+        tensors.append(value.tensor("cpu"))
     try:
         return decode_state(data, tensors)
     except ValueError as exc:
@@ -138,5 +144,34 @@ class StatefulAdapter(Adapter):
         return out
 
     def restore(self, values: dict[str, ValueSource]) -> None:
-        if PY_STATE_KEY in values:
-            self.obj.load_state_dict(read_state(values))
+        """Check the saved state (torch's schedulers and ``GradScaler``: ``owners``), then
+        hand it to ``load_state_dict``.
+
+        This is where the file's data enters the object, so the built-in errors that a
+        ``load_state_dict`` raises for data it refuses (``ValueError``, ``TypeError``,
+        ``KeyError``, ``IndexError``, ``OverflowError``, ``RuntimeError``,
+        ``MemoryError``) become an :class:`InvalidValueError` naming the key, chained to
+        the original; other errors (``AttributeError``, ``NameError``: bugs, not data)
+        propagate as they are.
+
+        Raises:
+            InvalidValueError: the state was refused, by the checks or by the object.
+        """
+        if PY_STATE_KEY not in values:
+            return
+        source = values[PY_STATE_KEY]
+        state = read_state(values)
+        owner = type(self.obj).__name__
+        try:
+            self.obj.load_state_dict(check_known_state(self.obj, state))
+        except InvalidValueError as exc:
+            if exc.key is not None:
+                raise
+            raise exc.located(source.path, source.key) from exc.__cause__
+        except TorchckptError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError,
+                MemoryError) as exc:
+            raise InvalidValueError(f"{owner}.load_state_dict refused the saved state "
+                                    f"({type(exc).__name__}: {exc})", path=source.path,
+                                    key=source.key) from exc

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-from ..errors import MismatchError, UntrackableError
+from ..errors import InvalidValueError, MismatchError, UntrackableError
 from ..graph.keys import PY_STATE_KEY, VARIABLE_VALUE_KEY
 from .registry import Adapter, ValueSource
+from .schema import describe, generator_state
 from .tensors import torch_dtype_or_name
 
 
@@ -108,10 +109,23 @@ class ValueSlot:
 
 
 _SCALAR_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64}
+_KIND = {bool: "a bool", int: "an int", float: "a real number", str: "a string"}
 
 
 def is_python_scalar(value: Any) -> bool:
     return type(value) in _SCALAR_DTYPES or isinstance(value, str)
+
+
+def _holds(kind: type, dtype: torch.dtype) -> bool:
+    """Whether a 0-d tensor of ``dtype`` is a value for a Python ``kind`` attribute: a
+    bool only from bool, an int only from an integer type, a float from either numeric
+    kind (never complex: ``int(1j)`` and ``float(1j)`` are errors, not values)."""
+    integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    if kind is bool:
+        return dtype == torch.bool
+    if kind is int:
+        return integer
+    return kind is float and (integer or dtype.is_floating_point)
 
 
 class ScalarAdapter(Adapter):
@@ -128,20 +142,35 @@ class ScalarAdapter(Adapter):
         return {VARIABLE_VALUE_KEY: torch.tensor(v, dtype=_SCALAR_DTYPES[type(v)])}
 
     def restore(self, values: dict[str, ValueSource]) -> None:
+        """Set the attribute to the saved value if it is of the live value's kind (the
+        table in ``schema``: an int from an integer type only, a str from a JSON string
+        only; floats may be inf or NaN, which a Python float attribute can hold).
+
+        Raises:
+            InvalidValueError: the saved value is of another kind; nothing is set.
+        """
         current = self.obj.get()
+        kind = str if isinstance(current, str) else type(current)
         if PY_STATE_KEY in values:
-            self.obj.set(values[PY_STATE_KEY].json())
+            source = values[PY_STATE_KEY]
+            value = source.json()
+            if kind is not str or not isinstance(value, str):
+                raise InvalidValueError(f"expected {_KIND[kind]}, found {describe(value)}",
+                                        path=source.path, key=source.key)
+            self.obj.set(value)
             return
         src = values.get(VARIABLE_VALUE_KEY)
         if src is None:
             return
         if src.shape != ():
             raise MismatchError(src.key, "shape", saved=list(src.shape), live=[])
-        if not isinstance(torch_dtype_or_name(src.dtype), torch.dtype):
-            raise MismatchError(src.key, "dtype", saved=torch_dtype_or_name(src.dtype),
-                                live=type(current).__name__)
+        dtype = torch_dtype_or_name(src.dtype)
+        if not isinstance(dtype, torch.dtype) or not _holds(kind, dtype):
+            found = str(dtype).replace("torch.", "")
+            raise InvalidValueError(f"expected {_KIND[kind]}, found a scalar of dtype {found}",
+                                    path=src.path, key=src.key)
         value = src.tensor("cpu").item()
-        self.obj.set(type(current)(value) if type(current) in _SCALAR_DTYPES else value)
+        self.obj.set(float(value) if kind is float else value)
 
 
 class GeneratorAdapter(Adapter):
@@ -158,4 +187,9 @@ class GeneratorAdapter(Adapter):
         src = values.get(VARIABLE_VALUE_KEY)
         if src is not None:
             check_compatible(self.obj.get_state(), src)
-            self.obj.set_state(src.tensor("cpu"))
+            state = src.tensor("cpu")
+            try:
+                generator_state(state, "", self.obj.device)
+            except InvalidValueError as exc:
+                raise exc.located(src.path, src.key) from exc.__cause__
+            self.obj.set_state(state)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..graph.keys import SAVE_COUNTER, VARIABLE_VALUE_KEY, object_path
-from ..graph.object_graph import ObjectGraph
+from ..graph.object_graph import FirstPaths, ObjectGraph
 from .source import Source, SourceVar
 
 _ITERATION_CHILDREN = frozenset({"iter", "_iterations", "iterations"})
@@ -136,7 +136,7 @@ def _depth_first(graph: ObjectGraph, start: int, skip: set[int]) -> list[int]:
 
 
 def _group_of(source: Source, graph: ObjectGraph, node_id: int,
-              paths: dict[int, tuple[str, ...]], claimed: set[str],
+              paths: FirstPaths, claimed: set[str],
               bookkeeping: dict[str, str]) -> WeightGroup | None:
     members = []
     for child in graph.nodes[node_id].children:

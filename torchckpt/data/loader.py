@@ -63,8 +63,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..errors import TorchckptError, UntrackableError
+from ..adapters.schema import as_bool, as_int, check_state, describe, generator_state, refuse
+from ..errors import InvalidValueError, UntrackableError
 from ..rng import HostRNGSnapshot, apply_host_rng, capture_host_rng
+from ._checks import length_bound, stateful_loader_schema
 from ._sampling import PassPlan, ResumeSampler, SeededDataset
 
 __all__ = ["ResumableLoader"]
@@ -81,9 +83,23 @@ class _EpochStart:
         return {"rng": self.rng.to_state_dict(), "generators": list(self.generators)}
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Any]) -> _EpochStart:
-        return cls(HostRNGSnapshot.from_state_dict(sd["rng"]),
-                   tuple(torch.as_tensor(g).to(torch.uint8).contiguous() for g in sd["generators"]))
+    def from_state_dict(cls, sd: Any, live: list[torch.Generator],
+                        field: str = "epoch_start") -> _EpochStart:
+        """The saved start of a pass, checked: host RNG states (``rng.check_host_rng``) and
+        one state per generator, each one a generator of its kind accepts (those past
+        ``live``'s count as a CPU generator's; the count is compared at ``iter()``).
+
+        Raises:
+            InvalidValueError: naming the field, expected and found.
+        """
+        if not isinstance(sd, dict) or "rng" not in sd \
+                or not isinstance(sd.get("generators"), (list, tuple)):
+            refuse(field, "a dict with 'rng' and a list of 'generators'", sd)
+        rng = HostRNGSnapshot.from_state_dict(sd["rng"], f"{field}.rng")
+        devices = [g.device for g in live] + ["cpu"] * max(len(sd["generators"]) - len(live), 0)
+        states = tuple(generator_state(g, f"{field}.generators[{i}]", device).contiguous()
+                       for i, (g, device) in enumerate(zip(sd["generators"], devices)))
+        return cls(rng, states)
 
 
 def _index_sampler(loader: DataLoader) -> Any:  # type: ignore[type-arg]
@@ -195,25 +211,37 @@ class _Delegate:
                 "generators": [g.get_state() for g in _own_generators(self.loader)]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        try:
-            inner, saved = state_dict["loader"], list(state_dict["generators"])
-        except (KeyError, TypeError) as exc:
-            raise TorchckptError(f"not a ResumableLoader state of a stateful loader: "
-                                 f"{exc!r}") from exc
+        """Check the generators' states and the loader's counters
+        (:func:`._checks.stateful_loader_schema`), then hand the loader its state and
+        set the generators.
+
+        Raises:
+            InvalidValueError: a state of the wrong shape, type or range.
+        """
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("loader"), dict) \
+                or not isinstance(state_dict.get("generators"), (list, tuple)):
+            raise InvalidValueError("not a ResumableLoader state of a stateful loader: expected "
+                                    "a dict with a 'loader' dict and a 'generators' list, "
+                                    f"found {describe(state_dict)}")
+        saved = list(state_dict["generators"])
         gens = _own_generators(self.loader)
         _check_generator_count(len(saved), len(gens))
+        states = [generator_state(t, f"generators[{i}]", g.device).contiguous()
+                  for i, (t, g) in enumerate(zip(saved, gens))]
+        inner = check_state(state_dict["loader"], None, stateful_loader_schema(self.loader),
+                            "loader")
         self.loader.load_state_dict(inner)
-        for g, state in zip(gens, saved):
-            g.set_state(torch.as_tensor(state).to(torch.uint8).contiguous())
+        for g, state in zip(gens, states):
+            g.set_state(state)
         self._undo_draws = _stateful_mid_epoch(inner)
 
 
 def _check_generator_count(saved: int, live: int) -> None:
     if saved != live:
-        raise TorchckptError(
+        raise InvalidValueError(
             f"the checkpointed loader drew from {saved} torch.Generator objects (loader.generator "
             f"and sampler generators), this loader has {live}; build the DataLoader the way the "
-            "checkpointed run did")
+            "checkpointed run did", field="generators")
 
 
 class ResumableLoader:
@@ -363,22 +391,29 @@ class ResumableLoader:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take up a saved position; the next ``iter()`` continues from it.
 
+        The whole state is checked before anything changes: ``epoch`` an int in
+        [0, 2**63), ``batches_consumed`` an int in [0, len(loader)] (batches per epoch),
+        ``in_epoch`` a bool, ``epoch_start`` valid RNG and generator states.
+
         Raises:
-            TorchckptError: ``state_dict`` is not a ResumableLoader state.
+            InvalidValueError: ``state_dict`` is not a ResumableLoader state, or a value
+                is of the wrong type or out of range (the message names the field).
         """
         if self._delegate is not None:
             self._delegate.load_state_dict(state_dict)
             return
-        try:
-            epoch = int(state_dict["epoch"])
-            consumed = int(state_dict["batches_consumed"])
-            start = (_EpochStart.from_state_dict(state_dict["epoch_start"])
-                     if state_dict["in_epoch"] else None)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TorchckptError(f"not a ResumableLoader state: {exc!r}") from exc
-        if epoch < 0 or consumed < 0:
-            raise TorchckptError(f"invalid ResumableLoader state: epoch {epoch}, "
-                                 f"batches_consumed {consumed}")
+        required = ("epoch", "batches_consumed", "in_epoch")
+        if not isinstance(state_dict, dict) or any(k not in state_dict for k in required):
+            raise InvalidValueError(f"not a ResumableLoader state: expected a dict with "
+                                    f"{', '.join(map(repr, required))}, found "
+                                    f"{describe(state_dict)}")
+        epoch = as_int(state_dict["epoch"], "epoch", 0)
+        consumed = as_int(state_dict["batches_consumed"], "batches_consumed", 0,
+                          length_bound(self.loader))
+        start = None
+        if as_bool(state_dict["in_epoch"], "in_epoch"):
+            start = _EpochStart.from_state_dict(state_dict.get("epoch_start"),
+                                                _own_generators(self.loader))
         self._epoch, self._consumed, self._start = epoch, consumed, start
         self._resume_pending = start is not None
         self._token = object()  # iterators from before the restore stop reporting

@@ -4,22 +4,26 @@ Every rank of the group calls :func:`write` with the same prefix and the same
 objects. The steps (each "exchange" is one collective on small tensors)::
 
     1. plan      each rank: plan_save(root) -> items (planning.py); no I/O yet
-    2. exchange  [failed?, chunk bytes, sha256(plan)]  -> all ranks stop on any
-                 failure or any disagreement (prefix, keys, shapes, meshes)
-    3. write     rank r: its items -> prefix.data-r-of-N (temp, fsync, rename)
+    2. exchange  [failed?, chunk bytes, token, sha256(plan)]  -> all ranks stop
+                 on any failure or any disagreement (prefix, keys, shapes,
+                 meshes); rank 0's token names every temporary file of the save
+    3. write     rank r: its items -> prefix.data-r-of-N under its temporary
+                 name, fsynced (not yet renamed)
     4. exchange  [failed?, size of r's encoded entries] -> stop on any failure
+                 (each rank then removes its own temporary file)
     5. gather    the entries (wire.py bytes in a uint8 tensor) to rank 0
-    6. commit    rank 0: merge (merge.py), write prefix.index (temp, fsync,
-                 rename, fsync dir), then ``after(prefix)`` (the state file)
+    6. commit    rank 0: merge (merge.py), write prefix.index under its
+                 temporary name, rename every rank's data file and then the
+                 index into place (``format/commit.py``: crash-safe over an
+                 existing prefix too), then ``after(prefix)`` (the state file)
     7. broadcast rank 0's outcome; every rank returns or raises together
 
-The index is the commit marker and is written only after step 4 proved every
-shard durable, and the state file only after the index: a crash anywhere
-leaves no index (the prefix does not exist for readers) or an index whose
-shards are all in place, and ``latest`` still names the previous checkpoint
-until step 6 ends. Data files of a failed save stay behind as garbage under
-the new prefix's name; the next save of that prefix replaces them, and
-``CheckpointManager`` deletes unrecorded prefixes.
+The index is the commit marker and is renamed into place only after step 4
+proved every shard durable, and the state file only after the index: a crash
+anywhere leaves the previous version of the prefix (or none) or the complete
+new one, and ``latest`` still names the previous checkpoint until step 6 ends.
+Temporary files of a save whose rank 0 died stay behind (never read by
+anyone); ``CheckpointManager`` removes those of its numbered prefixes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable
 
+from ..format.commit import discard_temps
+from ..format.naming import new_token
 from ..saving import plan_save
 from .comm import CollectiveError, Comm, is_active
 from .errors import DistributedCheckpointError
@@ -73,9 +79,11 @@ def _write(root: Any, prefix: str, comm: Comm, sync: bool,
            after: Callable[[str], None] | None) -> str:
     items, graph, failed = _plan(root, comm)
     digest = plan_digest(prefix, comm.size, items, graph)
-    rows = comm.all_gather_ints([failed is not None, chunk_bytes(items), *_words(digest)])
+    rows = comm.all_gather_ints([failed is not None, chunk_bytes(items), int(new_token()),
+                                 *_words(digest)])
     _check(prefix, rows, "could not plan the save (see that rank's error)", failed)
-    if any(row[2:] != rows[0][2:] for row in rows):
+    token = str(rows[0][2])
+    if any(row[3:] != rows[0][3:] for row in rows):
         raise DistributedCheckpointError(
             prefix, "the ranks are not saving the same checkpoint: call save/write on every "
             "rank with the same prefix and the same objects (same model structure, "
@@ -87,18 +95,21 @@ def _write(root: Any, prefix: str, comm: Comm, sync: bool,
     payload, failed = b"", None
     try:
         payload = encode_entries(write_shard(prefix, comm.rank, comm.size, items, owners,
-                                             graph, sync=sync))
+                                             graph, sync=sync, token=token))
     except Exception as exc:
         failed = exc
     rows = comm.all_gather_ints([failed is not None, len(payload)])
+    if comm.rank == 0 and any(row[0] for row in rows):
+        discard_temps(prefix, token)
     _check(prefix, rows, "could not write its data file (see that rank's error)", failed)
     parts = comm.gather_bytes(payload, [row[1] for row in rows])
     failed = None
     if comm.rank == 0:
         try:
-            _commit(prefix, comm.size, parts, items, sync, after)
+            _commit(prefix, comm.size, parts, items, sync, after, token)
         except Exception as exc:
             failed = exc
+            discard_temps(prefix, token)  # keeps those of a commit already recorded
     if comm.broadcast_int(failed is not None):
         detail = f": {failed}" if failed is not None else " (see rank 0's error)"
         raise DistributedCheckpointError(prefix, f"rank 0 could not merge, write the index or "
@@ -121,7 +132,7 @@ def _check(prefix: str, rows: list[list[int]], what: str, mine: Exception | None
 
 
 def _commit(prefix: str, world: int, parts: list[bytes], items: list[Item], sync: bool,
-            after: Callable[[str], None] | None) -> None:
+            after: Callable[[str], None] | None, token: str) -> None:
     from ..format import write_index
     from ..graph.keys import OBJECT_GRAPH_PROTO_KEY
 
@@ -135,7 +146,7 @@ def _commit(prefix: str, world: int, parts: list[bytes], items: list[Item], sync
     if missing:
         raise DistributedCheckpointError(prefix, f"no rank wrote {missing[:5]}"
                                          f"{' ...' if len(missing) > 5 else ''}")
-    write_index(prefix, world, merged, sync=sync)
+    write_index(prefix, world, merged, sync=sync, token=token)
     if after is not None:
         after(prefix)
 

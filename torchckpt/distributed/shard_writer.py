@@ -1,9 +1,10 @@
 """Rank ``r`` writes data file ``r`` of ``N``: its own bytes, nothing else.
 
-The file is written under a temporary name, fsynced and renamed into place
-(``BundleWriter.finish_data``); the entries stay in memory until rank 0
-gathers them. Until rank 0 writes the index, the file belongs to no checkpoint
-that any reader can see.
+The file is written and fsynced under its temporary name, with the token all
+ranks share for this save (``BundleWriter.finish_data``); the entries stay in
+memory until rank 0 gathers them and commits every rank's file with the index
+(``format/commit.py``). Until then, the file belongs to no checkpoint that any
+reader can see.
 
 GATHER items are collectives (``DTensor.full_tensor``), so every rank walks the
 same list in the same order; a rank whose write fails keeps walking (without
@@ -27,7 +28,7 @@ GRAPH_WRITER = 0  # the rank that writes the object graph (its shard is read fir
 
 def write_shard(prefix: str, rank: int, world: int, items: Sequence[Item],
                 owners: Sequence[int | None], graph: bytes, *,
-                sync: bool = True) -> dict[bytes, BundleEntry]:
+                sync: bool = True, token: str | None = None) -> dict[bytes, BundleEntry]:
     """Write this rank's share of ``items`` to ``prefix.data-<rank>-of-<world>``.
 
     Args:
@@ -36,7 +37,8 @@ def write_shard(prefix: str, rank: int, world: int, items: Sequence[Item],
         items: every item of the plan, in plan order.
         owners: the writer of each non-SLICE item (:func:`~.planning.assign_owners`).
         graph: the serialized object graph (written by rank 0).
-        sync: fsync before renaming.
+        sync: fsync the file.
+        token: the token of this save's temporary names, the same on every rank.
 
     Returns:
         The entries this rank wrote (``shard_id == rank``), keyed by checkpoint key.
@@ -44,7 +46,7 @@ def write_shard(prefix: str, rank: int, world: int, items: Sequence[Item],
     Raises:
         Whatever the write raised, after the collectives of every GATHER item ran.
     """
-    writer = BundleWriter(prefix, num_shards=world, sync=sync)
+    writer = BundleWriter(prefix, num_shards=world, sync=sync, token=token)
     error: BaseException | None = None
     for item, owner in zip(items, owners):
         value = item.value

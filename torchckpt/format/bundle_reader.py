@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+from bisect import bisect_left
 from itertools import count, islice
 from operator import itemgetter
 from typing import Iterable, Iterator, Sequence
@@ -32,9 +33,10 @@ from ._fast_entries import (HeadCache, decode_plain, plain_entry, plain_location
 from ._io import (PARALLEL_BYTES, Helper, ShortReadError, gc_paused, read_parallel,
                   read_runs, read_with_crc)
 from .dtypes import FIXED_WIDTH, DataType, dtype_name
+from .commit import complete_commit
 from .naming import data_path, index_path
 from .records import ENDIAN_BIG, ENDIAN_LITTLE, BundleEntry, BundleHeader
-from .slices import encode_slice_key, slice_bounds
+from .slices import encode_slice_key, slice_bounds, slice_key_prefix, slice_key_suffix
 from .strings import decode_strings
 
 BUNDLE_VERSION = 1  # tensor_bundle.h kTensorBundleVersion
@@ -83,6 +85,17 @@ class _Shard:
             self.fd = -1
 
 
+def _slice_entry_positions(keys: list[bytes], k: bytes, e: BundleEntry) -> Iterator[int]:
+    """Where, in sorted ``keys``, the slice entries of ``k``'s listed slices are."""
+    prefix = slice_key_prefix(k)
+    suffixes = {slice_key_suffix(s) for s in e.slices}
+    i = bisect_left(keys, prefix)
+    while i < len(keys) and keys[i].startswith(prefix):
+        if keys[i][len(prefix):] in suffixes:
+            yield i
+        i += 1
+
+
 class BundleReader:
     """Reads the bundle at ``prefix``.
 
@@ -102,6 +115,7 @@ class BundleReader:
         self.prefix = os.fspath(prefix)
         self.index_path = index_path(self.prefix)
         self.verify_checksums = verify_checksums
+        complete_commit(self.prefix)  # a re-save a crash interrupted (commit.py)
         try:
             with open(self.index_path, "rb") as f:
                 buf = f.read()
@@ -148,6 +162,26 @@ class BundleReader:
     def keys(self) -> list[bytes]:
         """Every key except the header, in table order (slice keys included)."""
         return list(self._raw)
+
+    def listed_keys(self) -> list[bytes]:
+        """The keys TF's ``list_variables`` shows: every key except the header and the
+        slice entries of sliced tensors, in table order (``checkpoint_reader.cc``).
+
+        Decodes every entry. Linear in the index: a sliced tensor's slice entries are
+        found as the run of keys that start with its slice-key prefix, never by
+        building one key per listed slice (a long key listing many slices would make
+        that quadratic).
+
+        Raises:
+            CorruptCheckpointError: an entry is malformed.
+        """
+        keys = list(self._raw)
+        hidden: set[int] = set()
+        for k in keys:
+            e = self.entry(k)
+            if e.slices:
+                hidden.update(_slice_entry_positions(keys, k, e))
+        return [k for i, k in enumerate(keys) if i not in hidden]
 
     def __contains__(self, key: str | bytes) -> bool:
         return self._k(key) in self._raw
@@ -414,32 +448,26 @@ class BundleReader:
         except DecodeError as exc:
             cls = ChecksumMismatchError if "checksum" in exc.what else CorruptCheckpointError
             raise cls(s.path, exc.what, key=k, offset=e.offset) from exc
-        out = np.empty(len(values), dtype=object)
-        out[:] = values
         try:
-            return out.reshape(e.shape)
+            return values.reshape(e.shape)
         except ValueError as exc:  # numpy holds at most 64 dimensions
             raise UnsupportedFormatError(self.index_path, f"cannot hold shape {list(e.shape)}: "
                                          f"{exc}", key=k) from exc
 
     def _reassemble(self, k: bytes, e: BundleEntry) -> np.ndarray:
-        regions = []
-        for tslice in e.slices:
-            try:
-                bounds = slice_bounds(tslice, e.shape)
-            except ValueError as exc:
-                raise CorruptCheckpointError(self.index_path, f"bad slice: {exc}", key=k) from exc
-            part_key = encode_slice_key(k, tslice)
-            if part_key not in self._raw:
-                raise CorruptCheckpointError(self.index_path, "slice entry missing", key=k)
-            self._check_part(k, e, part_key, bounds)
-            regions.append((bounds, part_key))
-        boxes = [b for b, _ in regions]
-        covered = sum(numel(tuple(b - a for a, b in box)) for box in boxes)
+        """The full tensor of sliced entry ``k``, checked before it is allocated: its
+        elements are exactly those of its slices, and every slice's elements are
+        distinct payload bytes on disk (see :meth:`_check_backing`)."""
+        regions, covered = self._slice_regions(k, e)
         if covered != numel(e.shape):
             raise CorruptCheckpointError(self.index_path, f"slices cover {covered} of "
                                          f"{numel(e.shape)} elements", key=k)
-        # Allocation is bounded now: every element is backed by validated payload bytes.
+        if len(regions) != len(e.slices):  # the same slice listed twice
+            raise CorruptCheckpointError(self.index_path, "overlapping slices", key=k)
+        boxes = [box for box, _ in regions]
+        self._check_backing(k, [part_key for _, part_key in regions])
+        self._check_overlap(k, e, boxes)
+        # Allocation is bounded now: every element is backed by its own payload bytes.
         storage = (object if e.dtype == DataType.DT_STRING
                    else FIXED_WIDTH[e.dtype].storage)  # type: ignore[index]
         try:
@@ -447,10 +475,55 @@ class BundleReader:
         except ValueError as exc:
             raise UnsupportedFormatError(self.index_path, f"cannot hold shape {list(e.shape)}: "
                                          f"{exc}", key=k) from exc
-        self._check_overlap(k, e, boxes)
         for bounds, part_key in regions:
             full[tuple(slice(a, b) for a, b in bounds)] = self.read_array(part_key)
         return full
+
+    def _slice_regions(self, k: bytes, e: BundleEntry
+                       ) -> tuple[list[tuple[tuple[tuple[int, int], ...], bytes]], int]:
+        """``(bounds, slice entry key)`` of each distinct slice of ``k``, every slice
+        entry present and checked (:meth:`_check_part`), and the number of elements
+        the listed slices hold (repeats included).
+
+        A slice listed twice is looked up once (it is reported as an overlap by the
+        caller): each lookup builds a key as long as ``k``, so repeats of one slice
+        would cost time without bound, while distinct slices need distinct entries,
+        which the table's own size bounds.
+        """
+        bounds_seen: set[tuple[tuple[int, int], ...]] = set()
+        regions = []
+        covered = 0
+        for tslice in e.slices:
+            try:
+                bounds = slice_bounds(tslice, e.shape)
+            except ValueError as exc:
+                raise CorruptCheckpointError(self.index_path, f"bad slice: {exc}", key=k) from exc
+            covered += numel(tuple(b - a for a, b in bounds))
+            if bounds in bounds_seen:
+                continue
+            bounds_seen.add(bounds)
+            part_key = encode_slice_key(k, tslice)
+            if part_key not in self._raw:
+                raise CorruptCheckpointError(self.index_path, "slice entry missing", key=k)
+            self._check_part(k, e, part_key, bounds)
+            regions.append((bounds, part_key))
+        return regions, covered
+
+    def _check_backing(self, k: bytes, part_keys: list[bytes]) -> None:
+        """No two slice entries may share payload bytes.
+
+        Each slice's payload holds exactly its elements (:meth:`_check_part`), so
+        with disjoint payloads the full tensor is never larger than the bytes on
+        disk. Without this check, 1,024 slice entries that all point at one
+        4 MiB payload would make a 4 GiB tensor.
+        """
+        spans = sorted((p.shard_id, p.offset, p.offset + p.size)
+                       for p in map(self.entry, part_keys) if p.size)
+        for (shard, _, end), (next_shard, next_start, _) in zip(spans, spans[1:]):
+            if shard == next_shard and next_start < end:
+                raise CorruptCheckpointError(
+                    self.index_path, f"slice entries share payload bytes (shard {shard}, offset "
+                    f"{next_start}): the tensor is larger than the bytes that back it", key=k)
 
     def _check_part(self, k: bytes, e: BundleEntry, part_key: bytes,
                     bounds: tuple[tuple[int, int], ...]) -> None:

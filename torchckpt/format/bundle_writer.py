@@ -1,10 +1,14 @@
 """``BundleWriter``: streams tensors into ``.data`` shards, then writes the ``.index``.
 
 Mirrors ``tensorflow/core/util/tensor_bundle/tensor_bundle.cc`` (``BundleWriter``).
-Commit protocol (TF's, plus fsync): each data shard is written under a
-temporary name, fsynced and renamed into place; only then is the index written
-the same way. The index is the commit marker: a prefix without ``.index`` does
-not exist for any reader. See ``docs/format.md`` for the whole file set.
+Commit protocol (TF's, plus fsync, plus a commit record for re-saves): every
+data shard and then the index are written under temporary names that share one
+token and fsynced; then ``commit.commit_bundle`` renames them into place, data
+first. The index is the commit marker: a prefix without ``.index`` does not
+exist for any reader. Re-writing an existing prefix is crash-safe too (the old
+version stays complete until the new one is: see ``commit.py``). Every
+``OSError`` becomes a :class:`~torchckpt.errors.CheckpointWriteError` naming
+the file. See ``docs/format.md`` for the whole file set.
 
 Tensor bytes go from the caller's buffer to the file with no intermediate copy:
 large buffers are written as they are, small ones are gathered into one
@@ -22,9 +26,11 @@ import os
 from typing import Iterable, Sequence
 
 from . import _crc32c
+from ._files import os_errors_name
 from ._io import IOV_MAX, Helper, gc_paused, write_all, write_with_crc
+from .commit import commit_bundle, complete_commit, discard_temps
 from .dtypes import FIXED_WIDTH, DataType
-from .naming import data_path, index_path, temp_path
+from .naming import data_path, index_path, new_token, temp_path
 from ._fast_entries import plain_entry
 from .records import BundleEntry, BundleHeader, TensorSlice, encode_entries
 from .slices import encode_slice_key, slice_bounds
@@ -45,27 +51,14 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def fsync_dir(path: str) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _DataFile:
-    """One data shard being written under a temporary name."""
+    """One data shard being written under a temporary name (renamed by ``commit_bundle``)."""
 
-    def __init__(self, final: str, alignment: int) -> None:
+    def __init__(self, final: str, alignment: int, token: str) -> None:
         self.final = final
-        self.temp = temp_path(final)
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o644)
+        self.temp = temp_path(final, token)
+        with os_errors_name(self.temp):
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o644)
         self.offset = 0  # logical end of file, including gathered bytes not yet written
         self._alignment = alignment
         self._iov: list[memoryview] = []
@@ -93,7 +86,8 @@ class _DataFile:
         """
         self.flush()
         at = self.offset
-        crc = write_with_crc(self.fd, buf, helper)
+        with os_errors_name(self.temp):
+            crc = write_with_crc(self.fd, buf, helper)
         self.offset = at + buf.nbytes
         self._pad()
         return at, crc
@@ -111,7 +105,8 @@ class _DataFile:
         crc = size = 0
         for chunk in chunks:
             piece = as_bytes_view(chunk)
-            part = write_with_crc(self.fd, piece, helper)
+            with os_errors_name(self.temp):
+                part = write_with_crc(self.fd, piece, helper)
             crc = _crc32c.combine(crc, part, piece.nbytes) if size else part
             size += piece.nbytes
             self.offset += piece.nbytes
@@ -126,15 +121,17 @@ class _DataFile:
     def flush(self) -> None:
         if self._iov:
             iov, nbytes, self._iov, self._iov_bytes = self._iov, self._iov_bytes, [], 0
-            write_all(self.fd, iov, nbytes)
+            with os_errors_name(self.temp):
+                write_all(self.fd, iov, nbytes)
 
-    def commit(self, sync: bool) -> None:
-        self.flush()
-        if sync:
-            os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.replace(self.temp, self.final)
+    def seal(self, sync: bool) -> None:
+        """Write what is gathered, fsync and close; the file keeps its temporary name."""
+        with os_errors_name(self.temp):
+            self.flush()
+            if sync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
 
     def abort(self) -> None:
         if self.fd >= 0:
@@ -170,19 +167,28 @@ class BundleWriter:
             empty file.
         data_alignment: pad each payload to a multiple of this many bytes.
         sync: fsync files and directory before renaming (crash safety).
+        token: the token of this save's temporary names; the processes writing
+            one bundle together pass the same one (default: a fresh token).
+
+    Raises:
+        CheckpointWriteError: the directory cannot be created, or an interrupted
+            commit of ``prefix`` cannot be completed (names the file).
     """
 
     def __init__(self, prefix: str, *, num_shards: int = 1, data_alignment: int = 1,
-                 sync: bool = True) -> None:
+                 sync: bool = True, token: str | None = None) -> None:
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self.prefix = os.fspath(prefix)
         self.num_shards = num_shards
+        self.token = token if token is not None else new_token()
         self._alignment = data_alignment
         self._sync = sync
         directory = os.path.dirname(self.prefix)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            with os_errors_name(directory):
+                os.makedirs(directory, exist_ok=True)
+        complete_commit(self.prefix)  # never start a new version over a half-renamed one
         self._files: dict[int, _DataFile] = {}
         self._entries: dict[bytes, BundleEntry] = {}
         self._helper = Helper()  # second thread for CRCs of large payloads, started on first use
@@ -194,7 +200,7 @@ class BundleWriter:
             if not 0 <= shard < self.num_shards:
                 raise ValueError(f"shard {shard} out of range for {self.num_shards} shards")
             f = self._files[shard] = _DataFile(data_path(self.prefix, shard, self.num_shards),
-                                              self._alignment)
+                                              self._alignment, self.token)
         return f
 
     def _claim(self, key: str | bytes) -> bytes:
@@ -318,7 +324,7 @@ class BundleWriter:
         return self._entries
 
     def finish(self) -> None:
-        """Commit: data shards (temp, fsync, rename), then the index the same way."""
+        """Commit: seal the data shards, write the index, rename all into place (``commit.py``)."""
         if self._done:
             raise ValueError("BundleWriter.finish() called twice")
         self._done = True
@@ -327,20 +333,25 @@ class BundleWriter:
             for shard in range(self.num_shards):
                 self._file(shard)
             for f in self._files.values():
-                f.commit(self._sync)
-            write_index(self.prefix, self.num_shards, self._entries, sync=self._sync)
+                f.seal(self._sync)
+            _write_index_file(self.prefix, self.num_shards, self._entries, self.token,
+                              sync=self._sync)
         except BaseException:
             self.abort()
             raise
+        self._files.clear()  # commit_bundle owns the files now: abort() must not remove them
+        commit_bundle(self.prefix, self.num_shards, self.token, sync=self._sync)
 
     def finish_data(self, shards: Iterable[int]) -> dict[bytes, BundleEntry]:
-        """Commit only the data files ``shards`` (temp, fsync, rename, directory fsync) and
-        return the entries, without writing an index.
+        """Seal the data files ``shards`` (written and fsynced under their temporary
+        names) and return the entries, without writing an index.
 
-        For a bundle written by several processes (``torchckpt.distributed``): each
-        process adds to its own shard and commits it here; one process then merges
-        every process's entries and calls :func:`write_index`, the commit marker.
-        A shard in ``shards`` that received nothing becomes an empty file.
+        For a bundle written by several processes (``torchckpt.distributed``), all
+        with the same ``token``: each process adds to its own shard and seals it
+        here; one process then merges every process's entries and calls
+        :func:`write_index` with that token, which commits every shard and the
+        index. :meth:`abort` still removes this process's files until then. A
+        shard in ``shards`` that received nothing becomes an empty file.
 
         Raises:
             ValueError: something was added to a shard not in ``shards``.
@@ -357,12 +368,10 @@ class BundleWriter:
             for shard in sorted(wanted):
                 self._file(shard)
             for f in self._files.values():
-                f.commit(self._sync)
+                f.seal(self._sync)
         except BaseException:
             self.abort()
             raise
-        if self._sync:
-            fsync_dir(os.path.dirname(self.prefix))
         return dict(self._entries)
 
     def abort(self) -> None:
@@ -374,27 +383,43 @@ class BundleWriter:
 
 
 def write_index(prefix: str, num_shards: int, entries: dict[bytes, BundleEntry], *,
-                sync: bool = True) -> None:
-    """Write ``prefix.index`` atomically: header entry ``""`` then entries, sorted bytewise."""
-    final = index_path(prefix)
-    tmp = temp_path(final)
+                sync: bool = True, token: str | None = None) -> None:
+    """Write ``prefix.index`` (header entry ``""``, then the entries sorted bytewise) and
+    commit the bundle: the data shards sealed under ``token`` and then the index are
+    renamed into place, crash-safely (``commit.py``).
+
+    Raises:
+        CheckpointWriteError: a file operation failed (names the file); the
+            previous version of ``prefix``, if any, is intact.
+    """
+    token = token if token is not None else new_token()
     try:
-        with open(tmp, "wb", buffering=1 << 20) as out:
-            table = TableBuilder(out)
-            table.add(b"", BundleHeader(num_shards=num_shards).encode())
-            with gc_paused():
-                keys = sorted(entries)
-                table.add_many(keys, encode_entries([entries[k] for k in keys]))
-            table.finish()
-            out.flush()
-            if sync:
-                os.fsync(out.fileno())
-        os.replace(tmp, final)
+        _write_index_file(prefix, num_shards, entries, token, sync=sync)
+    except BaseException:
+        discard_temps(prefix, token)
+        raise
+    commit_bundle(prefix, num_shards, token, sync=sync)
+
+
+def _write_index_file(prefix: str, num_shards: int, entries: dict[bytes, BundleEntry],
+                      token: str, *, sync: bool) -> None:
+    """The index table, written and fsynced under its temporary name for ``token``."""
+    tmp = temp_path(index_path(prefix), token)
+    try:
+        with os_errors_name(tmp):
+            with open(tmp, "wb", buffering=1 << 20) as out:
+                table = TableBuilder(out)
+                table.add(b"", BundleHeader(num_shards=num_shards).encode())
+                with gc_paused():
+                    keys = sorted(entries)
+                    table.add_many(keys, encode_entries([entries[k] for k in keys]))
+                table.finish()
+                out.flush()
+                if sync:
+                    os.fsync(out.fileno())
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    if sync:
-        fsync_dir(os.path.dirname(final))

@@ -12,6 +12,8 @@ import os
 import secrets
 
 TEMP_INFIX = ".tempstate"
+# What follows a prefix in the name of any of its data files (glob syntax).
+DATA_GLOB = ".data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]"
 
 
 def index_path(prefix: str) -> str:
@@ -22,13 +24,18 @@ def data_path(prefix: str, shard_id: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
 
 
-def temp_path(final_path: str) -> str:
-    """A unique sibling of ``final_path`` to write before renaming into place."""
-    return f"{final_path}{TEMP_INFIX}{secrets.randbits(63)}"
+def new_token() -> str:
+    """A fresh random token for the temporary names of one save."""
+    return str(secrets.randbits(63))
 
 
-def is_temp_path(path: str) -> bool:
-    return TEMP_INFIX in os.path.basename(path)
+def temp_path(final_path: str, token: str | None = None) -> str:
+    """The sibling of ``final_path`` to write before renaming into place.
+
+    The files of one bundle save share ``token``, so that an interrupted commit
+    can find them (``commit.py``); without one, a fresh token makes the name unique.
+    """
+    return f"{final_path}{TEMP_INFIX}{token if token is not None else new_token()}"
 
 
 def prefix_of(path: str) -> str:
@@ -54,7 +61,12 @@ def bundle_files(prefix: str) -> list[str]:
     exists for any reader (TF's ``CheckpointManager`` deletes in this order too).
     """
     index = [index_path(prefix)] if os.path.isfile(index_path(prefix)) else []
-    return index + sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))
+    return index + data_files(prefix)
+
+
+def data_files(prefix: str) -> list[str]:
+    """Every data file of ``prefix`` that exists, whatever its shard count, in order."""
+    return sorted(glob.glob(glob.escape(prefix) + DATA_GLOB))
 
 
 def temp_files(prefix: str) -> list[str]:

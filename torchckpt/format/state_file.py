@@ -15,6 +15,16 @@ TF2 writes paths relative to the directory (so a moved directory still works);
 TF1's Saver writes absolute ones. On read, relative paths are joined to the
 directory that holds the file. Writes go to ``checkpoint.tmp<hex>`` then
 ``os.replace`` (TF's ``atomic_write_string_to_file``).
+
+Containment, unlike TF: every path the file names must lie inside the
+directory that holds it, or :func:`read_state` raises
+:class:`~torchckpt.errors.OutsideDirectoryError`. Every entry point that
+follows a state file (restore, the reader, the CLI, ``CheckpointManager``, which
+deletes what the file lists) goes through :func:`read_state`, so nothing is
+ever read, written or deleted outside a checkpoint's directory because a file
+said so. A copied TF1 run directory, whose file carries the original
+directory's absolute paths, is refused with a hint naming the same prefix in
+the copy when it exists.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
-from ..errors import CorruptCheckpointError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutsideDirectoryError
 from . import protos
-from .naming import index_path
+from ._files import os_errors_name
+from .naming import index_path, prefix_of
 
 STATE_FILENAME = "checkpoint"
 
@@ -41,15 +52,6 @@ class CheckpointState:
     all_model_checkpoint_paths: list[str] = field(default_factory=list)
     all_model_checkpoint_timestamps: list[float] = field(default_factory=list)
     last_preserved_timestamp: float = 0.0
-
-    def resolved(self, directory: str) -> "CheckpointState":
-        """A copy whose relative paths are joined to ``directory``."""
-        def fix(p: str) -> str:
-            return p if os.path.isabs(p) else os.path.join(directory, p)
-        return CheckpointState(fix(self.model_checkpoint_path),
-                               [fix(p) for p in self.all_model_checkpoint_paths],
-                               list(self.all_model_checkpoint_timestamps),
-                               self.last_preserved_timestamp)
 
 
 def render_state(state: CheckpointState) -> str:
@@ -80,8 +82,47 @@ def parse_state(text: str, path: str = STATE_FILENAME) -> CheckpointState:
                            msg.last_preserved_timestamp)
 
 
+def contained_path(directory: str, named: str, state_path: str) -> str:
+    """``named`` (as a state file stores it) joined to ``directory``, checked to lie inside it.
+
+    The check is lexical (after ``..`` is folded) and, for the parent
+    directory of the named prefix, also through symbolic links.
+
+    Raises:
+        OutsideDirectoryError: ``named`` is outside ``directory`` (names both).
+    """
+    full = named if os.path.isabs(named) else os.path.join(directory, named)
+    base = os.path.abspath(directory or ".")
+    target = os.path.normpath(os.path.join(base, full))
+    inside = "\0" not in named and target != base and _is_within(base, target)
+    if inside:  # a symlinked subdirectory must not lead out either
+        inside = _is_within(os.path.realpath(base), os.path.realpath(os.path.dirname(target)))
+    if not inside:
+        moved = os.path.join(directory, os.path.basename(target))
+        hint = (f"; '{moved}' exists here: pass it explicitly if it is the one you mean"
+                if os.path.isfile(index_path(moved)) else "")
+        raise OutsideDirectoryError(
+            state_path, named, f"it names '{named}', which is outside '{directory or '.'}'; "
+            f"torchckpt does not follow a state file out of its directory{hint}")
+    return full
+
+
+def _is_within(base: str, target: str) -> bool:
+    """Whether ``target`` is ``base`` or below it (both absolute and normalized)."""
+    try:
+        return os.path.commonpath([base, target]) == base
+    except ValueError:  # different drives (Windows)
+        return False
+
+
 def read_state(directory: str, latest_filename: str = STATE_FILENAME) -> CheckpointState | None:
-    """The directory's state with resolved paths, or None when there is no state file."""
+    """The directory's state with resolved paths, or None when there is no state file.
+
+    Raises:
+        CorruptCheckpointError: the file is unreadable or malformed.
+        OutsideDirectoryError: it names a path outside ``directory`` (see the
+            module docstring).
+    """
     path = os.path.join(directory, latest_filename)
     try:
         with open(path, "rb") as f:
@@ -92,7 +133,11 @@ def read_state(directory: str, latest_filename: str = STATE_FILENAME) -> Checkpo
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(path, "checkpoint state file is not UTF-8 text") from exc
-    return parse_state(text, path).resolved(directory)
+    state = parse_state(text, path)
+    return CheckpointState(
+        contained_path(directory, state.model_checkpoint_path, path),
+        [contained_path(directory, p, path) for p in state.all_model_checkpoint_paths],
+        list(state.all_model_checkpoint_timestamps), state.last_preserved_timestamp)
 
 
 def _relative(directory: str, path: str) -> str:
@@ -109,23 +154,29 @@ def write_state(directory: str, model_checkpoint_path: str,
                 all_model_checkpoint_paths: list[str] | None = None, *,
                 timestamps: list[float] | None = None, last_preserved_timestamp: float = 0.0,
                 latest_filename: str = STATE_FILENAME, sync: bool = True) -> None:
-    """Atomically (re)write the state file with paths relative to ``directory``."""
+    """Atomically (re)write the state file with paths relative to ``directory``.
+
+    Raises:
+        CheckpointWriteError: the write failed (names the file); the previous
+            state file is intact.
+    """
     paths = list(all_model_checkpoint_paths or [])
     if not paths or paths[-1] != model_checkpoint_path:
         paths = [p for p in paths if p != model_checkpoint_path] + [model_checkpoint_path]
     state = CheckpointState(_relative(directory, model_checkpoint_path),
                             [_relative(directory, p) for p in paths],
                             list(timestamps or []), last_preserved_timestamp)
-    os.makedirs(directory or ".", exist_ok=True)
     final = os.path.join(directory, latest_filename)
     tmp = f"{final}.tmp{secrets.token_hex(16)}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(render_state(state))
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with os_errors_name(tmp):
+            os.makedirs(directory or ".", exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(render_state(state))
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -148,12 +199,58 @@ def state_temp_files(directory: str, latest_filename: str = STATE_FILENAME) -> l
 def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME) -> str | None:
     """``tf.train.latest_checkpoint``: the newest prefix whose ``.index`` exists, else None.
 
-    A prefix named by the state file that lies outside ``directory`` is still
-    returned when it exists (TF1 Saver writes absolute paths); a dangling one
-    yields None.
+    A dangling prefix yields None; one outside ``directory`` raises
+    :class:`~torchckpt.errors.OutsideDirectoryError` (:func:`read_state`).
     """
     state = read_state(directory, latest_filename)
     if state is None:
         return None
     prefix = state.model_checkpoint_path
     return prefix if os.path.isfile(index_path(prefix)) else None
+
+
+def existing_latest(directory: str, latest_filename: str = STATE_FILENAME) -> str | None:
+    """The prefix ``directory``'s state file names as newest; None without a state file.
+
+    Stricter than :func:`latest_checkpoint`: a named prefix without an ``.index``
+    is an error, so that a run never silently starts over.
+
+    Raises:
+        CheckpointNotFoundError: the named prefix does not exist.
+        CorruptCheckpointError, OutsideDirectoryError: see :func:`read_state`.
+    """
+    state = read_state(directory, latest_filename)
+    if state is None:
+        return None
+    prefix = state.model_checkpoint_path
+    if not os.path.isfile(index_path(prefix)):
+        raise CheckpointNotFoundError(
+            f"the state file '{os.path.join(directory, latest_filename)}' names checkpoint "
+            f"'{prefix}', but '{index_path(prefix)}' does not exist")
+    return prefix
+
+
+def resolve_prefix(path: str) -> str:
+    """The checkpoint prefix ``path`` stands for: a prefix, a directory (its latest
+    checkpoint, as ``tf.train`` takes it) or the name of a bundle file
+    (``ckpt-1.index``, ``ckpt-1.data-00000-of-00001``).
+
+    The one resolver of every entry point (restore, the reader, the CLI), so the
+    containment rule of :func:`read_state` holds for all of them.
+
+    Raises:
+        CheckpointNotFoundError: nothing to open at ``path``.
+        CorruptCheckpointError, OutsideDirectoryError: a bad state file.
+    """
+    if os.path.isfile(index_path(path)):
+        return path
+    if os.path.isdir(path):
+        prefix = existing_latest(path)
+        if prefix is None:
+            raise CheckpointNotFoundError(f"no checkpoint in directory '{path}': it has no "
+                                          f"'{STATE_FILENAME}' state file")
+        return prefix
+    alt = prefix_of(path)
+    if alt != path and os.path.isfile(index_path(alt)):
+        return alt
+    raise CheckpointNotFoundError(f"no checkpoint at '{path}': '{index_path(path)}' does not exist")

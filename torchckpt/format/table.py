@@ -33,6 +33,16 @@ TABLE_MAGIC = 0xDB4775248B80FB57  # format.h kTableMagicNumber
 FOOTER_SIZE = 48  # format.h Footer::kEncodedLength = 2 * BlockHandle::kMaxEncodedLength + 8
 TRAILER_SIZE = 5  # format.h kBlockTrailerSize
 NO_COMPRESSION, SNAPPY_COMPRESSION = 0, 1
+# Keys are prefix-compressed: each stores only the bytes it does not share with the
+# previous key, so a few bytes on disk can decode to a long key. The reader refuses a
+# table whose keys decode to more than this many bytes per byte of file, plus the
+# allowance below. TF-written indexes decode to about one byte of key per byte of file
+# (0.3 to 1.0 for the fixtures in tests/data/tf): every entry carries a value of 12 or
+# more bytes, so a real table reaches 64 only with keys of over 800 bytes that each
+# share all but a byte with the one before. Without a bound, 40,000 keys sharing a
+# 64 KiB prefix (425 KB on disk) decode to 2.6 GB.
+MAX_KEY_BYTES_PER_TABLE_BYTE = 64
+KEY_BYTES_ALLOWANCE = 1 << 20  # any small table may hold a few long keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,20 +229,43 @@ def iter_table(buf: bytes | memoryview) -> Iterator[tuple[bytes, bytes]]:
     because slicing ``bytes`` is cheaper than slicing a ``memoryview`` and then
     copying the key out of it; with 50,000 entries this is most of the cost.
 
+    Memory and time stay proportional to the file: the keys (index separators
+    included) may decode to at most :func:`max_key_bytes` bytes in all.
+
     Raises:
         DecodeError: anything malformed (bad magic, handle out of range, block
-            checksum, entry overruns, keys out of order).
+            checksum, entry overruns, keys out of order, keys decoding to more
+            bytes than the bound).
     """
     if len(buf) < FOOTER_SIZE:
         raise DecodeError(f"file of {len(buf)} bytes is too short for a table footer", 0)
     footer = Footer.decode(memoryview(buf)[len(buf) - FOOTER_SIZE:])
     index = _read_block(buf, footer.index)
+    budget = max_key_bytes(len(buf))
+    left = budget
     previous: bytes | None = None
-    for _sep, start, end in iter_block(index):
+    for sep, start, end in iter_block(index):
+        left -= len(sep)
+        if left < 0:
+            raise DecodeError(_too_many_key_bytes(budget, len(buf)), footer.index.offset)
         handle, _ = BlockHandle.decode(index, start, end)
         block = bytes(_read_block(buf, handle))
         for key, vstart, vend in iter_block(block):
+            left -= len(key)
+            if left < 0:
+                raise DecodeError(_too_many_key_bytes(budget, len(buf)), handle.offset)
             if previous is not None and key <= previous:
                 raise DecodeError("table keys are not in increasing order", handle.offset)
             previous = key
             yield key, block[vstart:vend]
+
+
+def max_key_bytes(file_size: int) -> int:
+    """How many bytes the keys of a ``file_size``-byte table may decode to in all."""
+    return MAX_KEY_BYTES_PER_TABLE_BYTE * file_size + KEY_BYTES_ALLOWANCE
+
+
+def _too_many_key_bytes(budget: int, file_size: int) -> str:
+    return (f"keys decode to more than {budget} bytes ({MAX_KEY_BYTES_PER_TABLE_BYTE} per byte "
+            f"of the {file_size}-byte file plus {KEY_BYTES_ALLOWANCE}): their shared prefixes "
+            "are far longer than any real checkpoint's")

@@ -11,6 +11,7 @@ every reference of a decoded graph, and names nodes for humans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator, Mapping
 
 from ..errors import CorruptCheckpointError
 from ..format import protos
@@ -39,11 +40,14 @@ class SlotRef:
     slot_variable_node_id: int
 
 
-@dataclass
+@dataclass(slots=True)  # no per-node __dict__: a graph may have a million nodes
 class GraphNode:
-    children: list[ChildRef] = field(default_factory=list)
-    attributes: list[Attribute] = field(default_factory=list)
-    slot_variables: list[SlotRef] = field(default_factory=list)
+    """One object. A decoded graph holds tuples (read-only; every empty one is the
+    same object, so a node costs ~80 bytes, not ~250); a graph being built, lists."""
+
+    children: list[ChildRef] | tuple[ChildRef, ...] = field(default_factory=list)
+    attributes: list[Attribute] | tuple[Attribute, ...] = field(default_factory=list)
+    slot_variables: list[SlotRef] | tuple[SlotRef, ...] = field(default_factory=list)
     has_checkpoint_values: bool | None = None
     registered_saver: str = ""
 
@@ -53,6 +57,8 @@ class ObjectGraph:
     """A decoded object graph; ``nodes[0]`` is the root."""
 
     nodes: list[GraphNode]
+    _values_below: list[bool] | None = field(default=None, init=False, repr=False,
+                                             compare=False)
 
     def to_bytes(self) -> bytes:
         msg = protos.TrackableObjectGraph()
@@ -87,10 +93,10 @@ class ObjectGraph:
         nodes = []
         for n in msg.nodes:
             nodes.append(GraphNode(
-                [ChildRef(c.node_id, c.local_name) for c in n.children],
-                [Attribute(a.name, a.checkpoint_key, a.full_name) for a in n.attributes],
-                [SlotRef(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
-                 for s in n.slot_variables],
+                tuple([ChildRef(c.node_id, c.local_name) for c in n.children]),
+                tuple([Attribute(a.name, a.checkpoint_key, a.full_name) for a in n.attributes]),
+                tuple([SlotRef(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
+                       for s in n.slot_variables]),
                 n.has_checkpoint_values.value if n.HasField("has_checkpoint_values") else None,
                 n.registered_saver.name if n.HasField("registered_saver") else ""))
         graph = cls(nodes)
@@ -112,55 +118,153 @@ class ObjectGraph:
                                              key="_CHECKPOINTABLE_OBJECT_GRAPH")
 
     def has_values(self, node_id: int) -> bool:
-        """Whether a node or anything below it holds checkpoint values."""
+        """Whether a node or anything below it holds checkpoint values.
+
+        The node's own ``has_checkpoint_values`` answers if it is set. The first
+        call finds the answer for every node at once, in one pass over the edges
+        (a node per node would be quadratic on a long chain), and keeps it:
+        REQUIRES that the graph does not change afterwards.
+        """
         node = self.nodes[node_id]
         if node.has_checkpoint_values is not None:
             return node.has_checkpoint_values
-        seen: set[int] = set()
-        stack = [node_id]
-        while stack:
-            i = stack.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            n = self.nodes[i]
-            if n.attributes or n.slot_variables:
-                return True
-            stack.extend(c.node_id for c in n.children)
-        return False
+        if self._values_below is None:
+            self._values_below = _values_below(self.nodes)
+        return self._values_below[node_id]
 
-    def paths(self) -> dict[int, tuple[str, ...]]:
+    def paths(self) -> "FirstPaths":
         """The first breadth-first path of local names to every reachable node.
 
-        Slot-variable nodes get ``(*variable path, ".OPTIMIZER_SLOT", *optimizer path, slot)``.
+        Slot-variable nodes get ``(*variable path, ".OPTIMIZER_SLOT", *optimizer path, slot)``
+        when their variable and optimizer are breadth-first nodes. The paths are
+        kept as links (see :class:`FirstPaths`): memory and time linear in the
+        graph, however deep.
         """
-        found: dict[int, tuple[str, ...]] = {0: ()}
-        queue = [0]
-        for i in queue:
-            for c in self.nodes[i].children:
-                if c.node_id not in found:
-                    found[c.node_id] = found[i] + (c.local_name,)
-                    queue.append(c.node_id)
-        for i in list(queue):
-            for s in self.nodes[i].slot_variables:
-                if s.slot_variable_node_id not in found and s.original_variable_node_id in found:
-                    found[s.slot_variable_node_id] = (
-                        found[s.original_variable_node_id] + (OPTIMIZER_SLOT_NAME,)
-                        + found[i] + (s.slot_name,))
-        return found
+        return FirstPaths(self.nodes)
 
-    def describe(self, node_id: int, paths: dict[int, tuple[str, ...]] | None = None) -> str:
+    def describe(self, node_id: int, paths: "FirstPaths | None" = None) -> str:
         """A readable name: ``model.fc.weight`` or ``optimizer state 'exp_avg' of model.fc.weight``."""
-        p = (paths or self.paths()).get(node_id)
-        if p is None:
+        return (paths or self.paths()).describe(node_id)
+
+
+def _values_below(nodes: list[GraphNode]) -> list[bool]:
+    """Per node, whether it or a node it reaches holds values (attributes or slot
+    links): the nodes that hold values, then breadth-first up the reversed edges."""
+    parents: list[list[int]] = [[] for _ in nodes]
+    for i, node in enumerate(nodes):
+        for c in node.children:
+            parents[c.node_id].append(i)
+    below = [bool(node.attributes or node.slot_variables) for node in nodes]
+    queue = [i for i, holds in enumerate(below) if holds]
+    for i in queue:  # grows while it is walked: a breadth-first pass
+        for p in parents[i]:
+            if not below[p]:
+                below[p] = True
+                queue.append(p)
+    return below
+
+
+# Readable paths show at most this many names, the last ones: real object paths are
+# a few names deep (model.layer.sublayer.weight), and a forged chain thousands deep
+# would otherwise make every description as long as the chain, and a report of all
+# its nodes quadratic in it.
+PATH_NAMES_SHOWN = 64
+
+
+class FirstPaths(Mapping[int, tuple[str, ...]]):
+    """The first breadth-first path of every reachable node, kept as links.
+
+    Each node stores only its first parent and the name it adds (a slot node:
+    its variable, optimizer and slot name), so memory is linear in the graph
+    whatever its depth. ``paths[i]`` puts a path together in time linear in its
+    length; :meth:`describe` reads at most :data:`PATH_NAMES_SHOWN` links.
+    """
+
+    def __init__(self, nodes: list[GraphNode]) -> None:
+        self._parent: dict[int, tuple[int, str]] = {}
+        self._depth: dict[int, int] = {0: 0}
+        queue = [0]
+        for i in queue:  # grows while it is walked: breadth-first
+            for c in nodes[i].children:
+                if c.node_id not in self._depth:
+                    self._depth[c.node_id] = self._depth[i] + 1
+                    self._parent[c.node_id] = (i, c.local_name)
+                    queue.append(c.node_id)
+        self._slots: dict[int, SlotRef] = {}
+        for i in queue:
+            for s in nodes[i].slot_variables:
+                n = s.slot_variable_node_id
+                if n not in self._depth and n not in self._slots and \
+                        s.original_variable_node_id in self._depth:
+                    self._slots[n] = SlotRef(s.original_variable_node_id, s.slot_name, i)
+
+    def __getitem__(self, node_id: int) -> tuple[str, ...]:
+        slot = self._slots.get(node_id)
+        if slot is not None:  # slot_variable_node_id holds the optimizer's node here
+            return (self[slot.original_variable_node_id] + (OPTIMIZER_SLOT_NAME,)
+                    + self[slot.slot_variable_node_id] + (slot.slot_name,))
+        if node_id not in self._depth:
+            raise KeyError(node_id)
+        return tuple(reversed(self._names_up(node_id, self._depth[node_id])))
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._depth
+        yield from self._slots
+
+    def __len__(self) -> int:
+        return len(self._depth) + len(self._slots)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._depth or node_id in self._slots
+
+    def parent(self, node_id: int) -> tuple[int, str] | None:
+        """``(parent node, local name)`` of a breadth-first node's first path; ``None``
+        for the root, slot nodes and unreachable nodes."""
+        return self._parent.get(node_id)
+
+    def describe(self, node_id: int) -> str:
+        """``model.fc.weight``, ``optimizer state 'm' of model.fc.weight``, ``(root)``,
+        or ``<unreachable node N>``; deep paths keep only their last names."""
+        slot = self._slots.get(node_id)
+        if slot is not None:
+            return (f"{self._dotted(slot.slot_variable_node_id)} state '{slot.slot_name}' of "
+                    f"{self._dotted(slot.original_variable_node_id)}")
+        if node_id not in self._depth:
             return f"<unreachable node {node_id}>"
-        return readable_path(p)
+        return self._dotted(node_id)
+
+    def _dotted(self, node_id: int) -> str:
+        depth = self._depth[node_id]
+        shown = min(depth, PATH_NAMES_SHOWN)
+        names = ".".join(reversed(self._names_up(node_id, shown)))
+        if shown < depth:
+            return f"...[{depth - shown} more].{names}"
+        return names or "(root)"
+
+    def _names_up(self, node_id: int, count: int) -> list[str]:
+        """The last ``count`` names of ``node_id``'s path, last name first."""
+        names = []
+        for _ in range(count):
+            node_id, name = self._parent[node_id]
+            names.append(name)
+        return names
 
 
 def readable_path(names: tuple[str, ...]) -> str:
-    """Dotted form of a path; slot paths read as "optimizer state 'm' of model.w"."""
+    """Dotted form of a path; slot paths read as "optimizer state 'm' of model.w".
+
+    Only the first ``.OPTIMIZER_SLOT`` splits (a slot's variable and optimizer are
+    breadth-first nodes); each part shows at most :data:`PATH_NAMES_SHOWN` names.
+    """
     if OPTIMIZER_SLOT_NAME in names:
         i = names.index(OPTIMIZER_SLOT_NAME)
         var, rest = names[:i], names[i + 1:]
-        return (f"{readable_path(rest[:-1])} state '{rest[-1]}' of {readable_path(var)}")
-    return ".".join(names) if names else "(root)"
+        return f"{_dotted(rest[:-1])} state '{rest[-1] if rest else ''}' of {_dotted(var)}"
+    return _dotted(names)
+
+
+def _dotted(names: tuple[str, ...]) -> str:
+    if len(names) > PATH_NAMES_SHOWN:
+        hidden = len(names) - PATH_NAMES_SHOWN
+        return f"...[{hidden} more]." + ".".join(names[hidden:])
+    return ".".join(names) or "(root)"
