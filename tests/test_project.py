@@ -57,7 +57,7 @@ def test_missing_tensorflow_fails_the_session_when_required(tmp_path: Path, requ
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "HOME": str(tmp_path),
            "TORCHCKPT_REQUIRE_TF": require}
     out = run_isolated([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "-k", "checker", str(probe)], cwd=REPO, env=env, timeout=300)
+                       "-k", "checker", str(probe)], cwd=REPO, env=env, timeout=300)
     assert out.returncode == code, out.stdout[-2000:] + out.stderr[-2000:]
     if code:
         assert "tensorflow cannot be imported" in out.stdout + out.stderr

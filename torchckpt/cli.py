@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import TorchckptError
 from .format.bundle_reader import BundleReader, numel
-from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
+from .format.dtypes import FIXED_WIDTH, dtype_name, enum_name, has_array_form
 from .format.state_file import read_state
 from .graph.keys import OBJECT_ATTRIBUTES_NAME, OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
 from .graph.object_graph import FirstPaths, ObjectGraph
@@ -94,7 +94,14 @@ def _show(key: bytes) -> str:
 
 def _describe(reader: BundleReader, key: bytes) -> str:
     e = reader.entry(key)
-    return f"{_show(key)} ({DataType(e.dtype).name}) [{','.join(str(d) for d in e.shape)}]"
+    return f"{_show(key)} ({enum_name(e.dtype)}) [{','.join(str(d) for d in e.shape)}]"
+
+
+def _opaque(reader: BundleReader, key: bytes) -> str:
+    """What ``inspect`` prints for a value without array form (a DT_VARIANT iterator state)."""
+    e = reader.entry(key)
+    return (f"<{dtype_name(e.dtype)} value, {e.size} bytes: torch has no type for it; "
+            "not decoded>")
 
 
 def _printable(reader: BundleReader, key: bytes) -> np.ndarray:
@@ -131,7 +138,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             with np.printoptions(threshold=sys.maxsize if args.all else 1000):
                 for key in keys:
                     print(f"tensor: {_describe(reader, key)}", file=out)
-                    print(_printable(reader, key), file=out)
+                    decodable = has_array_form(reader.entry(key).dtype)
+                    print(_printable(reader, key) if decodable else _opaque(reader, key), file=out)
         total = sum(numel(reader.entry(k).shape) for k in _listed(reader))
         print(f"# Total number of params: {total}", file=out)
     return 0
@@ -220,7 +228,11 @@ def _prefixes(path: str) -> list[str]:
 
 
 def verify_prefix(prefix: str, progress: bool) -> list[str]:
-    """Read every entry of one checkpoint with checksums on; the problems found."""
+    """Read every entry of one checkpoint with checksums on; the problems found.
+
+    Entries of dtypes without array form (DT_VARIANT iterator state) have their
+    bytes checksummed; the parts of a sliced tensor are entries of their own.
+    """
     problems: list[str] = []
     with BundleReader(prefix, verify_checksums=True) as reader:
         keys = reader.keys()
@@ -233,6 +245,12 @@ def verify_prefix(prefix: str, progress: bool) -> list[str]:
         bar = Progress(sum(sizes.values()), f"verify {os.path.basename(prefix)}", progress)
         for key in sizes:
             try:
+                e = reader.entry(key)
+                if not has_array_form(e.dtype):
+                    if not e.slices:
+                        reader.read_raw(key)
+                    bar.update(sizes[key])
+                    continue
                 value = reader.read_array(key)
                 if key == OBJECT_GRAPH_PROTO_KEY.encode():
                     ObjectGraph.from_bytes(value.item(), path=prefix)
@@ -336,6 +354,10 @@ def _diff_one(a: BundleReader, b: BundleReader, key: bytes, rtol: float, atol: f
     if ea.dtype != eb.dtype or ea.shape != eb.shape:
         return (f"changed: {_show(key)}  A: {dtype_name(ea.dtype)}{list(ea.shape)}  "
                 f"B: {dtype_name(eb.dtype)}{list(eb.shape)}")
+    if not has_array_form(ea.dtype):  # opaque bytes (iterator state): equal or not
+        if ea.slices or bytes(a.read_raw(key)) == bytes(b.read_raw(key)):
+            return ""
+        return f"changed value: {_show(key)} ({dtype_name(ea.dtype)} bytes differ)"
     va, vb = _printable(a, key), _printable(b, key)
     if va.dtype == object:  # strings
         differ = int(np.sum(va != vb))

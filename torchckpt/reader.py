@@ -48,7 +48,7 @@ import torch
 from .adapters.tensors import array_to_tensor, torch_dtype_or_name
 from .errors import CorruptCheckpointError
 from .format.bundle_reader import BundleReader
-from .format.dtypes import FIXED_WIDTH, DataType
+from .format.dtypes import FIXED_WIDTH, DataType, enum_name
 from .format.naming import data_path
 from .format.records import ENDIAN_LITTLE, BundleEntry
 from .format.state_file import STATE_FILENAME, existing_latest, resolve_prefix
@@ -127,10 +127,13 @@ class CheckpointReader:
             KeyNotFoundError: ``key`` is not in the checkpoint (also a ``KeyError``).
             ChecksumMismatchError: the stored bytes do not match their CRC32C.
             CorruptCheckpointError: the entry or its payload is malformed.
-            UnsupportedFormatError: a dtype or shape this reader cannot hold.
+            UnsupportedFormatError: a dtype or shape this reader cannot hold (DT_VARIANT,
+                e.g. a ``tf.data`` iterator's state; DT_RESOURCE; unknown dtypes): the
+                message names the key and the dtype.
         """
         k = _key_bytes(key)
         e = self._bundle.entry(k)
+        self._bundle.check_decodable(k, e)
         if e.dtype == DataType.DT_STRING:
             array = self._bundle.read_array(k)
             return array.item() if array.ndim == 0 else array
@@ -174,8 +177,10 @@ class CheckpointReader:
 
         A value is the ``torch.dtype`` that :meth:`get_tensor` returns, or a
         ``str`` naming the TF dtype where torch has none: ``"string"`` for
-        ``DT_STRING``, and ``"int4"``, ``"uint4"``, ``"int2"``, ``"uint2"``,
-        ``"float4_e2m1fn"``, ``"float8_e4m3b11fnuz"``.
+        ``DT_STRING``, ``"variant"`` for ``DT_VARIANT`` (iterator state, which
+        :meth:`get_tensor` cannot return), ``"resource"``, ``"int4"``, ``"uint4"``,
+        ``"int2"``, ``"uint2"``, ``"float4_e2m1fn"``, ``"float8_e4m3b11fnuz"``, and
+        ``"DT_<n>"`` for a dtype value this version does not know.
 
         Raises:
             CorruptCheckpointError: an entry is malformed.
@@ -197,7 +202,7 @@ class CheckpointReader:
             if e.slices:
                 continue
             dims = ",".join(str(d) for d in e.shape)
-            lines.append(b"%s (%s) [%s]\n" % (k, DataType(e.dtype).name.encode(), dims.encode()))
+            lines.append(b"%s (%s) [%s]\n" % (k, enum_name(e.dtype).encode(), dims.encode()))
         return b"".join(lines)
 
     # --- lifetime ----------------------------------------------------------------------------

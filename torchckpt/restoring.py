@@ -44,6 +44,26 @@ from .saving import identity, walk_live
 from .staging import needs_staging, read_to_device, staging_buffers
 
 
+# Python state (JSON) may nest at most this deep. The adapters that rebuild it
+# (state_dict decoders, type checks) recurse over it, so a file could otherwise
+# pick the recursion depth; real state (optimizer, scheduler, data loader
+# state_dicts) nests fewer than ten levels.
+MAX_JSON_DEPTH = 100
+
+
+def json_depth(data: Any) -> int:
+    """How deeply lists and dicts nest in parsed JSON (a scalar is 0), found iteratively."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in (value.values() if isinstance(value, dict)
+                                                   else value))
+    return deepest
+
+
 class BundleValue:
     """One checkpoint value, read when an adapter asks for it."""
 
@@ -143,26 +163,6 @@ class BundleValue:
             raise CorruptCheckpointError(self.path, f"python state is nested {depth} levels "
                                          f"deep (at most {MAX_JSON_DEPTH})", key=self.key)
         return data
-
-
-# Python state (JSON) may nest at most this deep. The adapters that rebuild it
-# (state_dict decoders, type checks) recurse over it, so a file could otherwise
-# pick the recursion depth; real state (optimizer, scheduler, data loader
-# state_dicts) nests fewer than ten levels.
-MAX_JSON_DEPTH = 100
-
-
-def json_depth(data: Any) -> int:
-    """How deeply lists and dicts nest in parsed JSON (a scalar is 0), found iteratively."""
-    deepest = 0
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
-            deepest = max(deepest, depth)
-            stack.extend((x, depth + 1) for x in (value.values() if isinstance(value, dict)
-                                                   else value))
-    return deepest
 
 
 class RestoreSession:

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import torchckpt
 from torchckpt import Checkpoint, CheckpointOptions
 from torchckpt.format import latest_checkpoint
 
@@ -74,3 +75,38 @@ def test_async_buffers_are_reused_between_saves(tmp_path):
     ckpt.save(str(tmp_path / "ckpt"), ASYNC)
     ckpt.sync()
     assert {k: v.data_ptr() for k, v in ckpt._async._buffers.items()} == first
+
+
+def test_the_collector_stays_enabled_for_the_training_thread_during_an_async_write(tmp_path):
+    """The background write never turns the garbage collector off for the process."""
+    import gc
+    import threading
+
+    from torchckpt.format import bundle_writer
+
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(64)) for _ in range(2000)])
+    ckpt = torchckpt.Checkpoint(model=model)
+    in_write, release = threading.Event(), threading.Event()
+    real_add_many = bundle_writer.BundleWriter.add_many
+
+    def slow_add_many(self, items, **kwargs):
+        def held():
+            for i, item in enumerate(items):
+                if i == 100:  # the write is under way: let the training thread look
+                    in_write.set()
+                    release.wait(30)
+                yield item
+        return real_add_many(self, held(), **kwargs)
+
+    bundle_writer.BundleWriter.add_many = slow_add_many
+    try:
+        ckpt.save(str(tmp_path / "ckpt"), torchckpt.CheckpointOptions(enable_async=True))
+        assert in_write.wait(30)
+        enabled_meanwhile = gc.isenabled()
+        release.set()
+        ckpt.sync()
+    finally:
+        bundle_writer.BundleWriter.add_many = real_add_many
+        release.set()
+    assert enabled_meanwhile
+    assert gc.isenabled()

@@ -48,7 +48,7 @@ def fresh_process_results(tmp_path_factory: pytest.TempPathFactory):
         refs[name] = state_arrays(run)
         jobs.append(f"{name}={prefix}")
     proc = run_isolated([sys.executable, SCRIPT, str(d), str(N), *jobs],
-                          timeout=300)
+                        timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = {}
     for name in OPTIMIZERS:

@@ -188,7 +188,10 @@ def test_diff(capsys) -> None:
     assert code == 1 and "only in A: state/epoch" in out and "only in B: opt/iter" in out
 
 
-def test_progress_bar_on_request(capsys) -> None:
+def test_progress_bar_on_request(capsys, monkeypatch) -> None:
+    code, _, err = run(capsys, "verify", FIXTURES / "keras2_adam", "--progress")
+    assert code == 0 and "verify ckpt-1" in err  # tqdm's bar where tqdm is installed
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: the built-in bar
     code, _, err = run(capsys, "verify", FIXTURES / "keras2_adam", "--progress")
     assert code == 0 and "verify ckpt-1 [" in err and "100%" in err
 
@@ -228,5 +231,5 @@ def test_every_command_on_torchckpt_written_checkpoints(capsys, tmp_path) -> Non
 
 def test_python_dash_m(tmp_path) -> None:
     proc = run_isolated([sys.executable, "-m", "torchckpt", "verify",
-                           str(FIXTURES / "keras2_adam")], timeout=120)
+                        str(FIXTURES / "keras2_adam")], timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("OK ")

@@ -23,7 +23,7 @@ def tf_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tf_models")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
     proc = run_isolated([sys.executable, str(HERE / "convert_tf_models.py"), str(out)],
-                          timeout=900, env=env)
+                        timeout=900, env=env)
     if proc.returncode != 0:
         pytest.fail("TensorFlow could not make the test models (the tf tests need "
                     f"tensorflow-cpu and tf-keras):\n{proc.stderr[-5000:]}", pytrace=False)

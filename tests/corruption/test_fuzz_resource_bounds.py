@@ -37,7 +37,7 @@ from torchckpt.format.naming import data_path
 from torchckpt.format.records import BundleEntry, BundleHeader, Extent, TensorSlice
 from torchckpt.format.slices import encode_slice_key
 from torchckpt.format.strings import _fixed_len, decode_strings, encode_strings
-from torchckpt.format.table import TableBuilder, max_key_bytes
+from torchckpt.format.table import max_key_bytes
 from torchckpt.graph.keys import OPTIMIZER_SLOT_NAME
 from torchckpt.graph.object_graph import (PATH_NAMES_SHOWN, Attribute, ChildRef, GraphNode,
                                           ObjectGraph, SlotRef, readable_path)

@@ -51,7 +51,7 @@ def dist_run(tmp_path_factory: pytest.TempPathFactory) -> DistRun:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     proc = run_isolated([sys.executable, str(PHASES), str(workdir)], env=env,
-                          timeout=300)
+                        timeout=300)
     log = proc.stdout + proc.stderr
     phases_file = workdir / "phases.json"
     if proc.returncode != 0 or not phases_file.exists():

@@ -54,7 +54,7 @@ def test_tensorflow_reads_merged_checkpoints(dist_run) -> None:
              for name, n in (("ddp4", 1), ("fsdp4", 1), ("dt4", 1), ("fsdp2", 2))]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = run_isolated([sys.executable, "-c", CHECK, json.dumps(cases)], env=env,
-                          timeout=240)
+                        timeout=240)
     if proc.returncode != 0:
         pytest.fail(f"TensorFlow could not read the checkpoints (is tensorflow-cpu installed? "
                     f"`pip install -e .[test]`):\n{proc.stderr[-4000:]}", pytrace=False)

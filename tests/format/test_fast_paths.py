@@ -14,6 +14,7 @@ import gc
 import io
 import os
 import random
+import weakref
 import threading
 
 import numpy as np
@@ -264,18 +265,29 @@ def test_read_many_into_errors(tmp_path, small_chunks) -> None:
         r.read_many_into([(k, np.zeros_like(a)) for k, a in arrays.items()])
 
 
-def test_gc_paused_restores_the_collector_state() -> None:
-    assert gc.isenabled()
-    with _io.gc_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
+def test_gc_frozen_keeps_the_collector_enabled_and_a_freeze_of_the_program() -> None:
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with _io.gc_frozen():
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        cycle: list = []
+        cycle.append(cycle)  # garbage made meanwhile is still collected
+        ref = weakref.ref(_Node(cycle))
+        assert gc.collect() > 0 and ref() is None
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.freeze()  # the program keeps its own frozen generation (pre-fork servers do)
     try:
-        with _io.gc_paused():
+        frozen = gc.get_freeze_count()
+        with _io.gc_frozen():
             pass
-        assert not gc.isenabled()
+        assert gc.get_freeze_count() == frozen
     finally:
-        gc.enable()
+        gc.unfreeze()
+
+
+class _Node:
+    def __init__(self, payload: object) -> None:
+        self.payload = payload
+        self.me = self
 
 
 def test_crc_combine_and_mismatches() -> None:

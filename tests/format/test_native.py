@@ -36,8 +36,15 @@ def test_extension_is_built_where_the_test_command_requires_it() -> None:
     if required and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
         from torchckpt.format import _native  # noqa: F401  # raises if it was not built
     # whatever the build, the I/O layer uses the accelerator exactly when it is usable
-    assert (_io._native is not None) == (native is not None and
-                                        not os.environ.get("TORCHCKPT_NO_NATIVE"))
+    assert (_io.accelerator() is not None) == (native is not None and
+                                               not os.environ.get("TORCHCKPT_NO_NATIVE"))
+
+
+def test_the_switch_is_read_when_used_not_at_import(monkeypatch) -> None:
+    monkeypatch.setenv("TORCHCKPT_NO_NATIVE", "1")
+    assert _io.accelerator() is None
+    monkeypatch.delenv("TORCHCKPT_NO_NATIVE")
+    assert (_io.accelerator() is not None) == (native is not None)
 
 
 native = _accelerated()
@@ -117,7 +124,8 @@ def test_large_payload_corruption_and_truncation_are_clean_errors(tmp_path, monk
 def test_mapped_reads_release_their_pages_in_windows(tmp_path, monkeypatch) -> None:
     """The copied part of the mapping is dropped as the read goes (RSS stays bounded), a
     window at a time, and all of it by the end."""
-    monkeypatch.setattr(_io, "_native", native)  # also under TORCHCKPT_NO_NATIVE
+    monkeypatch.setattr(_io, "_native", native)
+    monkeypatch.delenv("TORCHCKPT_NO_NATIVE", raising=False)
     monkeypatch.setattr(_io, "CHUNK_BYTES", 4096)
     monkeypatch.setattr(_io, "RELEASE_CHUNKS", 2)
     calls: list[tuple[int, int]] = []

@@ -182,7 +182,3 @@ class _ChildWatch:
             self._open = False
             self._forward.remove()
             self._watches.discard(self)
-
-
-def is_module(obj: Any) -> bool:
-    return isinstance(obj, torch.nn.Module)

@@ -37,7 +37,7 @@ from .optimizer_state import (OptimizerPlan, SlotIndex, apply_optimizer, index_g
 from .plan import Plan, apply, match_in_order, target_units
 from .registry import LayoutRegistry, default_layouts
 from .report import ConversionReport, Match, Mismatch
-from .source import Source
+from .source import Source, not_a_weight
 from .transforms import Transform
 
 __all__ = ["load_tf_weights", "convert_tf_checkpoint", "ConversionReport", "Match", "Mismatch",
@@ -129,7 +129,7 @@ def _plan(module: nn.Module, source: Source, assignment_map: AssignmentMap | Non
         candidates = _weights(source, None, optimizer_keys)
         for key, var in source.vars.items():
             if key not in optimizer_keys and not var.is_float:
-                plan.skipped[key] = f"{var.dtype} value, not a weight"
+                plan.skipped[key] = not_a_weight(var)
     rules = parse_assignment_map(assignment_map if assignment_map is not None else [("/", "")])
     resolver = AssignmentResolver(module, units, rules)
     for key in candidates:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..graph.keys import SAVE_COUNTER, VARIABLE_VALUE_KEY, object_path
 from ..graph.object_graph import FirstPaths, ObjectGraph
-from .source import Source, SourceVar
+from .source import Source, SourceVar, not_a_weight
 
 _ITERATION_CHILDREN = frozenset({"iter", "_iterations", "iterations"})
 _MODEL_VARIABLES = "_trainable_variables"
@@ -38,10 +38,12 @@ class WeightGroup:
     Attributes:
         path: the object's path (escaped local names joined by ``/``).
         vars: its float variables, each ``name``\\ d by its local name.
+        node_id: the object's node in the object graph (-1 when not from a graph).
     """
 
     path: str
     vars: tuple[SourceVar, ...]
+    node_id: int = -1
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -114,7 +116,7 @@ def find_weight_groups(source: Source) -> GraphLayout:
         if key in claimed or key in layout.bookkeeping:
             continue
         if not var.is_float:
-            layout.bookkeeping[key] = f"{var.dtype} value, not a weight"
+            layout.bookkeeping[key] = not_a_weight(var)
         else:
             layout.stray[key] = "not held by any layer the object graph walk reached"
     return layout
@@ -149,10 +151,10 @@ def _group_of(source: Source, graph: ObjectGraph, node_id: int,
         if var.is_float:
             members.append(var.renamed(child.local_name))
         else:
-            bookkeeping[var.key] = f"{var.dtype} value, not a weight"
+            bookkeeping[var.key] = not_a_weight(var)
     if not members:
         return None
-    return WeightGroup(object_path(paths.get(node_id, ())), tuple(members))
+    return WeightGroup(object_path(paths.get(node_id, ())), tuple(members), node_id)
 
 
 def _optimizer_keys(source: Source, optimizers: list[int]) -> list[str]:

@@ -36,8 +36,8 @@ from torch import nn
 
 from .keras_layers import WeightGroup
 from .source import SourceVar
-from .transforms import (IDENTITY, TRANSPOSE, Assignment, Transform, UnitPlan, constant, permute,
-                         output_shape)
+from .transforms import (IDENTITY, Assignment, Transform, UnitPlan, constant, flatten_to,
+                         fold_kernel, matrix_splits, output_shape, permute)
 
 Roles = dict[str, SourceVar]
 
@@ -190,13 +190,39 @@ _PARAM_ROLES = {"weight": "kernel", "bias": "bias"}
 
 
 class LinearLayout(Layout):
-    """Dense -> Linear: the kernel is transposed."""
+    """Dense -> Linear: the kernel is transposed.
+
+    Any kernel whose dimensions fold into the Linear's ``(in, out)`` is taken,
+    folded row-major and transposed: a MultiHeadAttention's EinsumDense query,
+    key and value kernels ``[d, heads, head_dim]`` and output kernel
+    ``[heads, head_dim, d]`` become the four Linears torch code usually writes
+    (``q``, ``k``, ``v``, ``out``), and their ``[heads, head_dim]`` biases are flattened.
+    """
 
     def build(self, b: PlanBuilder, module: nn.Module) -> None:
         kernel = b.need("kernel", "Linear")
-        if kernel is not None:
-            b.assign("weight", [kernel], TRANSPOSE)
-        b.optional("bias", "bias", IDENTITY, 0.0, "no bias in checkpoint")
+        weight = b.state.get("weight")
+        if kernel is not None and weight is not None:
+            out_f, in_f = weight.shape
+            fold = fold_kernel(kernel.shape, in_f, out_f)
+            if fold is None:
+                b.plan.problems.append(_linear_misfit(b.full("weight"), list(weight.shape),
+                                                      kernel))
+            else:
+                b.assign("weight", [kernel], fold)
+        bias = b.roles.get("bias")
+        b.optional("bias", "bias", flatten_to(bias.shape) if bias is not None else IDENTITY,
+                   0.0, "no bias in checkpoint")
+
+
+def _linear_misfit(target: str, shape: list[int], kernel: SourceVar) -> str:
+    """Why ``kernel`` does not fit a Linear, and which Linear(s) it would fit."""
+    splits = matrix_splits(kernel.shape)
+    fits = " or ".join(f"Linear({rows}, {cols}) (weight [{cols}, {rows}])" for rows, cols in splits)
+    how = (f" by transpose(1, 0) (gives {[kernel.shape[1], kernel.shape[0]]})"
+           if len(kernel.shape) == 2 else "")
+    return (f"'{target}' {shape} cannot come from '{kernel.key}' {list(kernel.shape)}{how}: the "
+            f"torch side would need {fits or 'a kernel of rank 2 or more'}")
 
 
 class ConvLayout(Layout):

@@ -58,6 +58,9 @@ class Plan:
     ignored_module: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: Keras mode: each unit and the weight group it took (a SeparableConv's group twice).
+    paired: list[tuple[Unit, WeightGroup]] = field(default_factory=list)
 
     def add(self, units: Sequence[Unit], offered: Sequence[SourceVar], result: UnitPlan) -> None:
         """Fold one unit's plan in; ``offered`` are the checkpoint variables it was given."""
@@ -137,6 +140,7 @@ def match_in_order(units: Sequence[Unit], groups: Sequence[WeightGroup], plan: P
             plan.add([unit], offered, result)
             if not result.problems:
                 _note_epsilon(unit, plan)
+                plan.paired += [(unit, g) for g in taken]
         i, j = i + 1, j + n
     for unit in units[i:]:
         for name in unit.state:
@@ -178,6 +182,7 @@ def _plan_separable(depthwise: Unit, pointwise: Unit, group: WeightGroup, plan: 
         return
     plan.add([depthwise], [], one)
     plan.add([pointwise], [], two)
+    plan.paired += [(depthwise, group), (pointwise, group)]
 
 
 def apply(module: nn.Module, assignments: Sequence[Assignment], source: Source) -> None:

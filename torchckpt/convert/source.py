@@ -50,6 +50,16 @@ class SourceVar:
         return replace(self, name=name)
 
 
+def not_a_weight(var: SourceVar) -> str:
+    """Why a variable that is not a float tensor is skipped, for the report."""
+    if var.dtype == "variant":
+        return ("variant value (a tf.data iterator's state, for instance): torch has no type "
+                "for it, so it is not converted")
+    if var.dtype == "resource" or (isinstance(var.dtype, str) and var.dtype.startswith("DT_<")):
+        return f"{var.dtype} value: torch has no type for it, so it is not converted"
+    return f"{var.dtype} value, not a weight"
+
+
 class Source:
     """An open checkpoint: its keys, the object graph if any, and values on demand.
 

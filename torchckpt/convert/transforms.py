@@ -85,6 +85,49 @@ def constant(value: float, like: Tensor, why: str) -> Transform:
                      lambda xs: torch.full(shape, value, dtype=dtype))
 
 
+def matrix_splits(shape: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``(rows, columns)`` a kernel's dimensions fold into, splitting between any two.
+
+    An EinsumDense query kernel ``[32, 4, 8]`` folds into ``(32, 32)`` (the
+    input, then heads x head_dim) or ``(128, 8)``; the output kernel
+    ``[4, 8, 32]`` into ``(4, 256)`` or ``(32, 32)``. Row-major folding keeps
+    heads outermost, which is how ``view(batch, seq, heads, head_dim)`` splits
+    a torch ``Linear``'s output.
+    """
+    found: list[tuple[int, int]] = []
+    for cut in range(1, len(shape)):
+        rows = _prod(shape[:cut])
+        pair = (rows, _prod(shape[cut:]))
+        if pair not in found:
+            found.append(pair)
+    return found
+
+
+def fold_kernel(shape: Sequence[int], rows: int, cols: int) -> Transform | None:
+    """``kernel [..] -> weight [cols, rows]``: fold the dimensions into ``[rows, cols]`` and
+    transpose, or ``None`` when no split of ``shape`` gives ``(rows, cols)``."""
+    if len(shape) == 2:
+        return TRANSPOSE if tuple(shape) == (rows, cols) else None
+    if (rows, cols) not in matrix_splits(shape):
+        return None
+    return Transform(f"reshape {list(shape)} to [{rows}, {cols}] + transpose(1, 0)",
+                     lambda xs: xs[0].reshape(rows, cols).t())
+
+
+def flatten_to(shape: Sequence[int]) -> Transform:
+    """A bias of shape ``[heads, head_dim]`` (EinsumDense) as the vector a Linear holds."""
+    if len(shape) == 1:
+        return IDENTITY
+    return Transform(f"reshape {list(shape)} to [{_prod(shape)}]", lambda xs: xs[0].reshape(-1))
+
+
+def _prod(dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
 def reorder_gates(t: Tensor, order: Sequence[int]) -> Tensor:
     """Reorder the equal-size gate blocks along dim 0 (torch RNN weights stack gates by row)."""
     chunks = t.chunk(len(order), dim=0)

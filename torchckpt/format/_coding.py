@@ -25,6 +25,10 @@ class DecodeError(Exception):
         self.offset = offset
 
 
+class ChecksumDecodeError(DecodeError):
+    """A :class:`DecodeError` whose cause is a CRC32C that does not match."""
+
+
 def put_varint(value: int) -> bytes:
     """Unsigned LEB128 encoding of a non-negative ``value`` (< 2**64)."""
     if value < 0x80:

@@ -5,7 +5,8 @@ whole (it holds metadata only); data shards are opened on first use and
 memory-mapped, so reading one tensor touches only that tensor's bytes.
 
 Every entry is treated as hostile until checked (code-style P4): the dtype is
-known, dimensions are non-negative, ``0 <= shard_id < num_shards``,
+known before a value is decoded (entries of other dtypes are listed and
+checksummed only), dimensions are non-negative, ``0 <= shard_id < num_shards``,
 ``offset + size`` lies inside the shard, ``size == numel * itemsize`` for
 fixed-width dtypes, and the CRC32C matches (unless ``verify_checksums=False``).
 Any failure is a :class:`~torchckpt.errors.CorruptCheckpointError` naming the
@@ -27,17 +28,18 @@ import numpy as np
 from ..errors import (ChecksumMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
                       KeyNotFoundError, UnsupportedFormatError)
 from . import _crc32c
-from ._coding import DecodeError
+from ._coding import ChecksumDecodeError, DecodeError
 from ._fast_entries import (HeadCache, decode_plain, plain_entry, plain_location,
                             plain_locations)
-from ._io import (PARALLEL_BYTES, Helper, ShortReadError, gc_paused, read_parallel,
+from ._io import (PARALLEL_BYTES, Helper, ShortReadError, gc_frozen, read_parallel,
                   read_runs, read_with_crc)
-from .dtypes import FIXED_WIDTH, DataType, dtype_name
+from .dtypes import FIXED_WIDTH, DataType, dtype_name, enum_name, has_array_form
 from .commit import complete_commit
 from .naming import data_path, index_path
 from .records import ENDIAN_BIG, ENDIAN_LITTLE, BundleEntry, BundleHeader
 from .slices import encode_slice_key, slice_bounds, slice_key_prefix, slice_key_suffix
 from .strings import decode_strings
+from .variants import variant_crc32c
 
 BUNDLE_VERSION = 1  # tensor_bundle.h kTensorBundleVersion
 _BATCH = 8192  # read_many_into works through its pairs this many at a time (bounded memory)
@@ -125,7 +127,8 @@ class BundleReader:
         try:
             self._raw: dict[bytes, bytes] = dict(iter_table(buf))
         except DecodeError as exc:
-            cls = ChecksumMismatchError if "checksum" in exc.what else CorruptCheckpointError
+            cls = (ChecksumMismatchError if isinstance(exc, ChecksumDecodeError)
+                   else CorruptCheckpointError)
             raise cls(self.index_path, exc.what, offset=exc.offset) from exc
         self.header = self._decode_header()
         self._entries: dict[bytes, BundleEntry] = {}
@@ -208,9 +211,8 @@ class BundleReader:
         return e
 
     def _validate(self, k: bytes, e: BundleEntry) -> None:
-        if e.dtype != DataType.DT_STRING and e.dtype not in FIXED_WIDTH:
-            raise UnsupportedFormatError(self.index_path, f"unsupported dtype {dtype_name(e.dtype)}"
-                                         f" ({e.dtype})", key=k)
+        # Any dtype is a valid entry (DT_VARIANT iterator state, unknown values): it is listed
+        # and its checksum verified; only reading it as an array is refused (check_decodable).
         if any(d < 0 for d in e.shape):
             raise CorruptCheckpointError(self.index_path, f"negative dimension in shape {e.shape}",
                                          key=k)
@@ -226,6 +228,19 @@ class BundleReader:
         if info is not None and e.size != numel(e.shape) * info.itemsize:
             raise CorruptCheckpointError(self.index_path, f"size {e.size} does not match shape "
                                          f"{list(e.shape)} of {info.name}", key=k)
+
+    def check_decodable(self, k: bytes, e: BundleEntry) -> None:
+        """Raise ``UnsupportedFormatError`` unless ``e`` holds strings or fixed-width numbers.
+
+        DT_VARIANT (e.g. a ``tf.data`` iterator's state), DT_RESOURCE and dtypes
+        newer than this reader have no array form; :meth:`read_raw` still
+        verifies their bytes.
+        """
+        if not has_array_form(e.dtype):
+            raise UnsupportedFormatError(
+                self.index_path, f"unsupported dtype {enum_name(e.dtype)} ({e.dtype}): its "
+                f"{dtype_name(e.dtype)} values have no array form (the entry is listed and its "
+                "checksum verified, nothing more)", key=k)
 
     def shard(self, shard_id: int) -> _Shard:
         s = self._shards.get(shard_id)
@@ -251,12 +266,27 @@ class BundleReader:
         return s, e
 
     def read_raw(self, key: str | bytes) -> memoryview:
-        """The payload of an unsliced key as a view of the mapped file, checksum verified."""
+        """The payload of an unsliced key as a view of the mapped file, checksum verified
+        (for DT_VARIANT as :mod:`.variants` describes; strings are checked when decoded)."""
         s, e = self.payload_location(key)
         view = memoryview(s.map)[e.offset:e.offset + e.size]
-        if self.verify_checksums and e.dtype != DataType.DT_STRING:
+        if self.verify_checksums and e.dtype == DataType.DT_VARIANT:
+            self._check_variant(self._k(key), e, view, s.path)
+        elif self.verify_checksums and e.dtype != DataType.DT_STRING:
             self.check_crc(key, e, view, s.path)
         return view
+
+    def _check_variant(self, k: bytes, e: BundleEntry, view: memoryview, path: str) -> None:
+        try:
+            crc = variant_crc32c(view, numel(e.shape))
+        except DecodeError as exc:
+            cls = (ChecksumMismatchError if isinstance(exc, ChecksumDecodeError)
+                   else CorruptCheckpointError)
+            raise cls(path, exc.what, key=k, offset=e.offset + exc.offset) from exc
+        if _crc32c.mask(crc) != e.crc32c:
+            raise ChecksumMismatchError(path, f"checksum mismatch (stored 0x{e.crc32c:08x}, "
+                                        f"computed 0x{_crc32c.mask(crc):08x})", key=k,
+                                        offset=e.offset)
 
     def check_crc(self, key: str | bytes, e: BundleEntry, data: object, path: str) -> None:
         """Raise ``ChecksumMismatchError`` unless ``data`` has ``e``'s CRC32C."""
@@ -276,6 +306,7 @@ class BundleReader:
         """
         k = self._k(key)
         e = self.entry(k)
+        self.check_decodable(k, e)
         if e.slices:
             return self._reassemble(k, e)
         if e.dtype == DataType.DT_STRING:
@@ -301,6 +332,7 @@ class BundleReader:
         are read and checksummed in chunks by two threads (see :mod:`._io`).
         """
         s, e = self.payload_location(key)
+        self.check_decodable(self._k(key), e)
         dest = memoryview(out).cast("B")  # type: ignore[arg-type]
         if dest.nbytes != e.size:
             raise ValueError(f"destination of {dest.nbytes} bytes for a {e.size}-byte payload")
@@ -329,6 +361,7 @@ class BundleReader:
             CorruptCheckpointError: the file ended early.
         """
         s, e = self.payload_location(key)
+        self.check_decodable(self._k(key), e)
         verify = self.verify_checksums
         crc = pos = 0
         for i in count():
@@ -357,8 +390,8 @@ class BundleReader:
         once (:func:`._fast_entries.plain_locations`), the payloads of each shard
         are read in file order, adjacent small ones with one ``preadv`` straight
         into their destinations, large ones in chunks by two threads, and all
-        checksums are compared in one vector operation. The cyclic GC is paused
-        meanwhile (:func:`._io.gc_paused`). Entries that are not plain
+        checksums are compared in one vector operation. The cyclic GC scans only
+        new objects meanwhile (:func:`._io.gc_frozen`). Entries that are not plain
         fixed-width payloads go through :meth:`read_into`.
 
         Raises:
@@ -367,7 +400,7 @@ class BundleReader:
             ValueError: a destination's size differs from its payload's.
         """
         it = iter(pairs)
-        with gc_paused():
+        with gc_frozen():
             while batch := list(islice(it, _BATCH)):  # bounds the bookkeeping memory
                 self._read_batch([key if type(key) is bytes else self._k(key) for key, _ in batch],
                                  [out for _, out in batch])
@@ -446,7 +479,8 @@ class BundleReader:
                                     big_endian=self.header.endianness == ENDIAN_BIG,
                                     stored_crc=e.crc32c if self.verify_checksums else None)
         except DecodeError as exc:
-            cls = ChecksumMismatchError if "checksum" in exc.what else CorruptCheckpointError
+            cls = (ChecksumMismatchError if isinstance(exc, ChecksumDecodeError)
+                   else CorruptCheckpointError)
             raise cls(s.path, exc.what, key=k, offset=e.offset) from exc
         try:
             return values.reshape(e.shape)

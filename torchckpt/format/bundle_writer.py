@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 from . import _crc32c
 from ._files import os_errors_name
-from ._io import IOV_MAX, Helper, gc_paused, write_all, write_with_crc
+from ._io import IOV_MAX, Helper, gc_frozen, write_all, write_with_crc
 from .commit import commit_bundle, complete_commit, discard_temps
 from .dtypes import FIXED_WIDTH, DataType
 from .naming import data_path, index_path, new_token, temp_path
@@ -227,12 +227,12 @@ class BundleWriter:
         """:meth:`add` each ``(key, data, dtype, shape)`` of ``items`` into ``shard``.
 
         Same checks, same bytes. Why a bulk form: with 50,000 small tensors the
-        per-call overhead and the cyclic GC's full-heap passes (paused here, see
-        :func:`._io.gc_paused`) are a large part of the save.
+        per-call overhead and the cyclic GC's full-heap passes (kept to the new
+        objects here, see :func:`._io.gc_frozen`) are a large part of the save.
         """
         f = self._file(shard)
         add, claim = self._add, self._claim
-        with gc_paused():
+        with gc_frozen():
             for key, data, dtype, shape in items:
                 add(claim(key), data, dtype, shape, f, shard)
 
@@ -410,7 +410,7 @@ def _write_index_file(prefix: str, num_shards: int, entries: dict[bytes, BundleE
             with open(tmp, "wb", buffering=1 << 20) as out:
                 table = TableBuilder(out)
                 table.add(b"", BundleHeader(num_shards=num_shards).encode())
-                with gc_paused():
+                with gc_frozen():
                     keys = sorted(entries)
                     table.add_many(keys, encode_entries([entries[k] for k in keys]))
                 table.finish()

@@ -130,13 +130,33 @@ _FROM_NUMPY: dict[np.dtype, DataType] = {
 }
 
 
+# TF's Python names (``tf.DType.name``) of the dtypes that have no fixed width.
+_OTHER_NAMES = {DataType.DT_STRING: "string", DataType.DT_VARIANT: "variant",
+                DataType.DT_RESOURCE: "resource", DataType.DT_INVALID: "invalid"}
+
+
 def dtype_name(dtype: int) -> str:
-    """TF's name for a dtype value (``"string"`` for DT_STRING), or ``"DT_<n>"`` if unknown."""
-    if dtype == DataType.DT_STRING:
-        return "string"
+    """TF's Python name of a dtype value (``tf.DType.name``: ``"float32"``, ``"string"``,
+    ``"variant"``), or ``"DT_<n>"`` for a value this version does not know."""
     info = FIXED_WIDTH.get(dtype)  # type: ignore[call-overload]
     if info is not None:
         return info.name
+    other = _OTHER_NAMES.get(dtype)  # type: ignore[call-overload]
+    return other if other is not None else f"DT_<{dtype}>"
+
+
+def has_array_form(dtype: int) -> bool:
+    """Whether values of ``dtype`` decode to an array: strings and fixed-width types.
+
+    Others (DT_VARIANT such as a ``tf.data`` iterator's state, DT_RESOURCE, values
+    newer than this table) are opaque bytes: listed and checksummed, never decoded.
+    """
+    return dtype == DataType.DT_STRING or dtype in FIXED_WIDTH
+
+
+def enum_name(dtype: int) -> str:
+    """The ``DataType`` enum name (``"DT_FLOAT"``, ``"DT_VARIANT"``), as TF's
+    ``debug_string`` and ``inspect_checkpoint`` print it; ``"DT_<n>"`` if unknown."""
     try:
         return DataType(dtype).name
     except ValueError:

@@ -116,8 +116,3 @@ def serialize(message: Any) -> bytes:
 def to_text(message: Any) -> str:
     """Text format as ``text_format.MessageToString`` writes it (TF's state file)."""
     return text_format.MessageToString(message)
-
-
-def from_text(text: str, message: Any) -> Any:
-    """Parse text format into ``message`` (raises ``text_format.ParseError``)."""
-    return text_format.Parse(text, message)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _crc32c
-from ._coding import MAX_VARINT64_BYTES, DecodeError, get_fixed32, put_fixed32, put_varint
+from ._coding import (MAX_VARINT64_BYTES, ChecksumDecodeError, DecodeError, get_fixed32,
+                      put_fixed32, put_varint)
 
 # Lengths decoded per numpy step. Bounds the temporaries (the varint window is
 # up to 10 bytes per length, its terminator positions 8 bytes each: ~20 MiB)
@@ -76,13 +77,13 @@ def decode_strings(payload: bytes | memoryview, count: int, *, big_endian: bool 
     if big_endian:
         stored_len_crc = int.from_bytes(raw_len_crc, "big")
     if stored_len_crc != _crc32c.mask(fixed_crc):
-        raise DecodeError("the length checksum does not match", pos)
+        raise ChecksumDecodeError("the length checksum does not match", pos)
     pos += 4
     _check_total(lengths, size - pos, pos)
     if stored_crc is not None:
         crc = _crc32c.extend(_crc32c.extend(fixed_crc, raw_len_crc), payload[pos:])
         if _crc32c.mask(crc) != stored_crc:
-            raise DecodeError(f"checksum does not match (stored 0x{stored_crc:08x}, "
+            raise ChecksumDecodeError(f"checksum does not match (stored 0x{stored_crc:08x}, "
                               f"computed 0x{_crc32c.mask(crc):08x})", 0)
     return _split(bytes(payload[pos:]), lengths, count)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
 from . import _crc32c
-from ._coding import DecodeError, get_fixed32, get_varint, put_fixed32, put_varint
+from ._coding import (ChecksumDecodeError, DecodeError, get_fixed32, get_varint, put_fixed32,
+                      put_varint)
 from .block import BlockBuilder, iter_block
 
 BLOCK_SIZE = 256 * 1024  # TF table_options.h block_size (leveldb's own default is 4 KiB)
@@ -37,10 +38,9 @@ NO_COMPRESSION, SNAPPY_COMPRESSION = 0, 1
 # previous key, so a few bytes on disk can decode to a long key. The reader refuses a
 # table whose keys decode to more than this many bytes per byte of file, plus the
 # allowance below. TF-written indexes decode to about one byte of key per byte of file
-# (0.3 to 1.0 for the fixtures in tests/data/tf): every entry carries a value of 12 or
-# more bytes, so a real table reaches 64 only with keys of over 800 bytes that each
-# share all but a byte with the one before. Without a bound, 40,000 keys sharing a
-# 64 KiB prefix (425 KB on disk) decode to 2.6 GB.
+# (0.3 to 1.0 for the fixtures in tests/data/tf), and can never reach 16: with restart
+# interval 16 every 16th key is stored whole (1 in the index block). Without a bound,
+# 40,000 keys sharing a 64 KiB prefix (425 KB on disk) decode to 2.6 GB.
 MAX_KEY_BYTES_PER_TABLE_BYTE = 64
 KEY_BYTES_ALLOWANCE = 1 << 20  # any small table may hold a few long keys
 
@@ -215,7 +215,7 @@ def _read_block(buf: bytes | memoryview, handle: BlockHandle) -> memoryview:
     stored = get_fixed32(buf, handle.offset + handle.size + 1, end)
     actual = _crc32c.mask(_crc32c.extend(_crc32c.value(contents), bytes((block_type,))))
     if stored != actual:
-        raise DecodeError(f"block checksum mismatch (stored 0x{stored:08x}, "
+        raise ChecksumDecodeError(f"block checksum mismatch (stored 0x{stored:08x}, "
                           f"computed 0x{actual:08x})", handle.offset)
     if block_type != NO_COMPRESSION:
         raise DecodeError(f"unsupported block compression type {block_type}", handle.offset)

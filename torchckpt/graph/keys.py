@@ -15,7 +15,6 @@ Mirrors ``tensorflow/python/trackable/trackable_utils.py`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 OBJECT_GRAPH_PROTO_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # constants.py
 VARIABLE_VALUE_KEY = "VARIABLE_VALUE"  # constants.py
@@ -32,31 +31,6 @@ def escape_local_name(name: str) -> str:
     return name.replace(_ESCAPE_CHAR, _ESCAPE_CHAR * 2).replace("/", _ESCAPE_CHAR + "S")
 
 
-def unescape_local_name(escaped: str) -> str:
-    """Inverse of :func:`escape_local_name`, scanning left to right.
-
-    Raises:
-        ValueError: a lone ``.`` or an unknown escape.
-    """
-    out = []
-    i = 0
-    while i < len(escaped):
-        c = escaped[i]
-        if c == _ESCAPE_CHAR:
-            nxt = escaped[i + 1:i + 2]
-            if nxt == _ESCAPE_CHAR:
-                out.append(_ESCAPE_CHAR)
-            elif nxt == "S":
-                out.append("/")
-            else:
-                raise ValueError(f"invalid escape in local name {escaped!r}")
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
 def object_path(local_names: list[str] | tuple[str, ...]) -> str:
     """Path of an object from the local names of its BFS path."""
     return "/".join(escape_local_name(n) for n in local_names)
@@ -71,28 +45,3 @@ def slot_path(variable_path: str, optimizer_path: str, slot_name: str) -> str:
     """Object path of a slot variable (``trackable_utils.slot_variable_key`` without the suffix)."""
     return (f"{variable_path}/{OPTIMIZER_SLOT_NAME}/{optimizer_path}/"
             f"{escape_local_name(slot_name)}")
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    """A checkpoint key split into its object path's local names and attribute name."""
-
-    local_names: tuple[str, ...]
-    attribute: str
-
-
-def parse_key(key: str) -> ParsedKey:
-    """Inverse of :func:`format_key` for keys of plain objects.
-
-    Raises:
-        ValueError: the key has no ``/.ATTRIBUTES/`` part.
-    """
-    marker = f"/{OBJECT_ATTRIBUTES_NAME}/"
-    if key.startswith(marker[1:]):
-        path, attribute = "", key[len(marker) - 1:]
-    else:
-        path, sep, attribute = key.partition(marker)
-        if not sep:
-            raise ValueError(f"{key!r} is not an object-based checkpoint key")
-    names = tuple(unescape_local_name(p) for p in path.split("/")) if path else ()
-    return ParsedKey(names, unescape_local_name(attribute))

@@ -129,7 +129,7 @@ class ObjectGraph:
         if node.has_checkpoint_values is not None:
             return node.has_checkpoint_values
         if self._values_below is None:
-            self._values_below = _values_below(self.nodes)
+            self._values_below = _holds_values_below(self.nodes)
         return self._values_below[node_id]
 
     def paths(self) -> "FirstPaths":
@@ -147,7 +147,7 @@ class ObjectGraph:
         return (paths or self.paths()).describe(node_id)
 
 
-def _values_below(nodes: list[GraphNode]) -> list[bool]:
+def _holds_values_below(nodes: list[GraphNode]) -> list[bool]:
     """Per node, whether it or a node it reaches holds values (attributes or slot
     links): the nodes that hold values, then breadth-first up the reversed edges."""
     parents: list[list[int]] = [[] for _ in nodes]
@@ -171,6 +171,15 @@ def _values_below(nodes: list[GraphNode]) -> list[bool]:
 PATH_NAMES_SHOWN = 64
 
 
+@dataclass(frozen=True, slots=True)
+class _SlotLink:
+    """How a slot variable node's path is made: its variable's and optimizer's paths."""
+
+    variable: int
+    optimizer: int
+    slot_name: str
+
+
 class FirstPaths(Mapping[int, tuple[str, ...]]):
     """The first breadth-first path of every reachable node, kept as links.
 
@@ -190,19 +199,19 @@ class FirstPaths(Mapping[int, tuple[str, ...]]):
                     self._depth[c.node_id] = self._depth[i] + 1
                     self._parent[c.node_id] = (i, c.local_name)
                     queue.append(c.node_id)
-        self._slots: dict[int, SlotRef] = {}
+        self._slots: dict[int, _SlotLink] = {}
         for i in queue:
             for s in nodes[i].slot_variables:
                 n = s.slot_variable_node_id
                 if n not in self._depth and n not in self._slots and \
                         s.original_variable_node_id in self._depth:
-                    self._slots[n] = SlotRef(s.original_variable_node_id, s.slot_name, i)
+                    self._slots[n] = _SlotLink(s.original_variable_node_id, i, s.slot_name)
 
     def __getitem__(self, node_id: int) -> tuple[str, ...]:
         slot = self._slots.get(node_id)
-        if slot is not None:  # slot_variable_node_id holds the optimizer's node here
-            return (self[slot.original_variable_node_id] + (OPTIMIZER_SLOT_NAME,)
-                    + self[slot.slot_variable_node_id] + (slot.slot_name,))
+        if slot is not None:
+            return (self[slot.variable] + (OPTIMIZER_SLOT_NAME,) + self[slot.optimizer]
+                    + (slot.slot_name,))
         if node_id not in self._depth:
             raise KeyError(node_id)
         return tuple(reversed(self._names_up(node_id, self._depth[node_id])))
@@ -227,8 +236,8 @@ class FirstPaths(Mapping[int, tuple[str, ...]]):
         or ``<unreachable node N>``; deep paths keep only their last names."""
         slot = self._slots.get(node_id)
         if slot is not None:
-            return (f"{self._dotted(slot.slot_variable_node_id)} state '{slot.slot_name}' of "
-                    f"{self._dotted(slot.original_variable_node_id)}")
+            return (f"{self._dotted(slot.optimizer)} state '{slot.slot_name}' of "
+                    f"{self._dotted(slot.variable)}")
         if node_id not in self._depth:
             return f"<unreachable node {node_id}>"
         return self._dotted(node_id)
