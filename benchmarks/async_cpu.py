@@ -109,7 +109,8 @@ def render(times: dict[str, float], extra: dict[str, float], runs: int, quick: b
     lines += ["", f"7e: steady-state blocking / memcpy into existing buffers (median of the "
               f"per-save ratios, each memcpy run just before its save) = "
               f"**{extra['steady/memcpy']:.2f}x** (limit 1.5x): {verdict}. First save / memcpy "
-              f"into fresh memory = {extra['first/fresh']:.2f}x. Training steps run while the write "
+              f"into fresh memory = {extra['first/fresh']:.2f}x. Training steps run while the "
+              "write "
               f"went on (median per save): {extra['training steps during the write']:.0f}."]
     return "\n".join(lines)
 

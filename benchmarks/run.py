@@ -117,7 +117,8 @@ def run_worker(case: str, dataset: str, quick: bool, workdir: str, timeout: floa
         reader.join()
         if proc.returncode != 0:
             err.seek(0)
-            raise RuntimeError(f"{case}/{dataset} failed ({proc.returncode}):\n{err.read()[-3000:]}")
+            raise RuntimeError(
+                f"{case}/{dataset} failed ({proc.returncode}):\n{err.read()[-3000:]}")
     return _summarize(events, samples)
 
 

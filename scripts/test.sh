@@ -7,9 +7,13 @@
 # the suite fail at once, rather than skip, when TensorFlow cannot be imported;
 # TORCHCKPT_REQUIRE_NATIVE fails it when the install did not compile the C accelerator
 # (torchckpt/format/_native.c) on x86-64 Linux, so the suite tests what users get.
+# ruff (style, imports, likely bugs) and mypy (strict for format/ and graph/) run first;
+# their configuration is in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install torch==2.13.0
 python -m pip install -e '.[test]'
+python -m ruff check .
+python -m mypy
 export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1
 python -m pytest -q "$@"

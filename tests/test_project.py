@@ -33,10 +33,24 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = _commands((REPO / ".ci" / "run").read_text(encoding="utf-8"))
     assert ci[-1] == "bash scripts/test.sh"
     script = _commands((REPO / "scripts" / "test.sh").read_text(encoding="utf-8"))
-    assert script[-4:] == ["python -m pip install torch==2.13.0",
+    assert script[-6:] == ["python -m pip install torch==2.13.0",
                            "python -m pip install -e '.[test]'",
+                           "python -m ruff check .",
+                           "python -m mypy",
                            "export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1",
                            'python -m pytest -q "$@"']
+
+
+def test_ruff_and_mypy_are_configured_and_pinned() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    extra = config["project"]["optional-dependencies"]["test"]
+    assert any(d.startswith("ruff==") for d in extra) and any(d.startswith("mypy==") for d in extra)
+    assert config["tool"]["ruff"]["lint"]["select"]
+    strict = [o for o in config["tool"]["mypy"]["overrides"] if o.get("disallow_untyped_defs")]
+    assert {"torchckpt.format.*", "torchckpt.graph.*"} <= set(strict[0]["module"])
+    assert strict[0]["warn_return_any"] and strict[0]["disallow_any_generics"]
 
 
 def test_test_extra_pins_tensorflow() -> None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import (AssignmentMapError, CheckpointLockedError, CheckpointNotFoundError,
                      CheckpointWriteError, ChecksumMismatchError, ConversionError,
                      CorruptCheckpointError, InvalidValueError, KeyNotFoundError,
-                     MismatchError, OutsideDirectoryError, TorchckptError, UnmatchedError,
+                     MismatchError, OutsideDirectoryError, RemoteStorageUnavailableError,
+                     TorchckptError, UnmatchedError,
                      UnsupportedFormatError, UntrackableError)
 
 # Public name -> the module (relative to this package) that defines it.
@@ -28,6 +29,10 @@ _LAZY: dict[str, str] = {
     # resuming training, like tf.train.CheckpointManager
     "CheckpointManager": "manager",
     "RNGState": "rng",
+    # torch.distributed: per-rank state, and the errors of collective saves
+    "PerRank": "distributed.per_rank",
+    "DistributedCheckpointError": "distributed.errors",
+    "CollectiveTimeoutError": "distributed.errors",
     # reader side, like tf.train.load_checkpoint & co.
     "CheckpointReader": "reader",
     "latest_checkpoint": "reader",
@@ -37,6 +42,9 @@ _LAZY: dict[str, str] = {
     # TF checkpoints into torch modules (torchckpt.convert.load_tf_weights)
     "convert_tf_checkpoint": "convert",
     "ConversionReport": "convert",
+    # plain nested state dicts (torch.save / torch.load without pickle)
+    "save_state_dict": "state_dict",
+    "load_state_dict": "state_dict",
 }
 
 if TYPE_CHECKING:
@@ -44,7 +52,10 @@ if TYPE_CHECKING:
     from .graph.status import MatchReport, RestoreStatus
     from .manager import CheckpointManager
     from .rng import RNGState
+    from .distributed.errors import CollectiveTimeoutError, DistributedCheckpointError
+    from .distributed.per_rank import PerRank
     from .convert import ConversionReport, convert_tf_checkpoint
+    from .state_dict import load_state_dict, save_state_dict
     from .reader import (CheckpointReader, latest_checkpoint, list_variables, load_checkpoint,
                          load_variable)
 
@@ -53,6 +64,8 @@ __all__ = [
     "Checkpoint", "CheckpointOptions", "RestoreStatus", "MatchReport",
     # resuming training
     "CheckpointManager", "RNGState",
+    # torch.distributed
+    "PerRank", "DistributedCheckpointError", "CollectiveTimeoutError",
     # reader
     "CheckpointReader", "latest_checkpoint", "list_variables", "load_checkpoint", "load_variable",
     # converter
@@ -61,7 +74,9 @@ __all__ = [
     "TorchckptError", "CorruptCheckpointError", "ChecksumMismatchError", "UnsupportedFormatError",
     "CheckpointNotFoundError", "KeyNotFoundError", "MismatchError", "UntrackableError",
     "OutsideDirectoryError", "CheckpointWriteError", "CheckpointLockedError", "InvalidValueError",
-    "UnmatchedError", "ConversionError", "AssignmentMapError",
+    "UnmatchedError", "ConversionError", "AssignmentMapError", "RemoteStorageUnavailableError",
+    # plain nested state dicts, like torch.save / torch.load
+    "save_state_dict", "load_state_dict",
 ]
 
 

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
+from . import distributed as _distributed
 from .adapters import default_registry
 from .adapters.registry import Adapter, Handle
 from .adapters.values import ValueSlot, is_python_scalar
+from .async_save import AsyncSaver
 from .errors import UntrackableError
 from .format import write_state
 from .format.state_file import resolve_prefix
+from .format.storage import dirname, is_remote, local_path
 from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
-from .async_save import AsyncSaver
-from . import distributed as _distributed
 from .saving import SavePlan, plan_save, walk_live, write_plan
 
 
@@ -38,11 +39,39 @@ class CheckpointOptions:
         sync: fsync files before renaming them into place (crash safety).
         enable_async: ``save``/``write`` return once the state is snapshotted
             and write it on a background thread (see ``torchckpt.async_save``).
+            Collective saves are synchronous.
+        collective: with ``torch.distributed`` initialized, who calls
+            ``save``/``write``. ``None`` (default): every rank, when the process
+            group has more than one rank (each rank writes its part of one
+            checkpoint, rank 0 commits). ``True``: every rank, said explicitly.
+            ``False``: this rank alone, with no collective: it writes the
+            replicated state it holds (sharded DTensors are refused) and its
+            own per-rank values, as ``torch.save`` on rank 0 would.
+        collective_timeout: seconds a collective save waits for every rank to
+            call it; a rank that does not come makes the callers raise
+            ``CollectiveTimeoutError`` (the ``if rank == 0: save()`` mistake)
+            instead of waiting forever.
+        group: the process group of a collective save (default: the default
+            group); under NCCL, a gloo group (see docs/distributed.md).
+        storage_options: fsspec filesystem arguments for URL paths
+            (``s3://bucket/run/ckpt``); credentials and endpoints otherwise come
+            from the environment as fsspec's backends read them.
     """
 
     device: str | torch.device | None = None
     sync: bool = True
     enable_async: bool = False
+    collective: bool | None = None
+    collective_timeout: float = _distributed.DEFAULT_TIMEOUT_S
+    group: Any = None
+    storage_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.collective not in (None, True, False):
+            raise ValueError(f"collective must be None, True or False, got {self.collective!r}")
+        if not self.collective_timeout > 0:
+            raise ValueError(f"collective_timeout must be a positive number of seconds, got "
+                             f"{self.collective_timeout!r}")
 
 
 class Checkpoint:
@@ -141,7 +170,8 @@ class Checkpoint:
 
         Args:
             file_prefix: the prefix to write (its files are replaced crash-safely).
-            options: see :class:`CheckpointOptions`.
+            options: see :class:`CheckpointOptions`; with a process group of more
+                than one rank, ``collective`` says whether every rank calls this.
             on_commit: called with the prefix once the bundle is committed: on the
                 background thread for an asynchronous write, on rank 0 for a
                 distributed one (where :class:`~torchckpt.CheckpointManager`
@@ -149,6 +179,12 @@ class Checkpoint:
 
         Returns:
             ``file_prefix``.
+
+        Raises:
+            CollectiveTimeoutError: a collective write that some rank did not join
+                within ``options.collective_timeout`` seconds.
+            DistributedCheckpointError: a collective write failed on some rank, or a
+                write from one rank (``collective=False``) of sharded values.
         """
         return self._write(os.fspath(file_prefix), options or CheckpointOptions(), after=on_commit)
 
@@ -160,13 +196,17 @@ class Checkpoint:
         and ``after`` run on the background thread.
         """
         self._async.wait()
-        if _distributed.is_active():  # a collective: each rank writes its own data file, rank 0
-            # merges the index and runs ``after``; synchronous (docs/distributed.md)
-            return _distributed.write(self, prefix, sync=options.sync, after=after)
+        if _distributed.saves_collectively(options.collective, options.group):
+            # each rank writes its own data file, rank 0 merges the index and runs ``after``;
+            # synchronous (docs/distributed.md)
+            return _distributed.write(self, prefix, sync=options.sync, group=options.group,
+                                      after=after, timeout=options.collective_timeout)
         plan = plan_save(self)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            plan = _distributed.one_rank_plan(plan, prefix)  # this rank saves alone
 
         def job(plan: SavePlan = plan) -> None:
-            write_plan(plan, prefix, sync=options.sync)
+            write_plan(plan, prefix, sync=options.sync, storage_options=options.storage_options)
             if after is not None:
                 after(prefix)
 
@@ -181,16 +221,28 @@ class Checkpoint:
         """Save to ``file_prefix-N`` (N = ``save_counter`` after incrementing it) and
         record it in the directory's ``checkpoint`` state file.
 
+        With a process group of more than one rank this is collective by default:
+        call it on every rank, or pass ``CheckpointOptions(collective=False)`` on the
+        one rank that saves (see :class:`CheckpointOptions`).
+
         Returns:
             The prefix written, e.g. ``"/run/ckpt-3"``.
+
+        Raises:
+            CollectiveTimeoutError, DistributedCheckpointError: see :meth:`write`.
         """
         options = options or CheckpointOptions()
         self._async.wait()
         number = self.increment_save_counter()
 
         def record(path: str) -> None:
+            if is_remote(path):  # stored relative to the directory URL, as below
+                write_state(dirname(path), path, [path],
+                            storage_options=options.storage_options)
+                return
             # write_state stores an absolute path relative to the directory, as TF does
             # ("ckpt-3"); a relative one it would store as given, relative to the cwd
+            path = local_path(path)
             full = os.path.abspath(path)
             write_state(os.path.dirname(path), full, [full], sync=options.sync)
 
@@ -216,9 +268,10 @@ class Checkpoint:
         """Like :meth:`restore` but does not create ``save_counter`` (TF's ``read``)."""
         options = options or CheckpointOptions()
         self._async.wait()
-        prefix = resolve_prefix(os.fspath(save_path))
+        prefix = resolve_prefix(os.fspath(save_path), storage_options=options.storage_options)
         device = torch.device(options.device) if options.device is not None else torch.device("cpu")
-        session = RestoreSession.open(self, prefix, device=device)
+        session = RestoreSession.open(self, prefix, device=device,
+                                      storage_options=options.storage_options)
         session.start()  # the session lives on in the hooks it waits on, and in the status
         return RestoreStatus(session)
 

@@ -7,10 +7,12 @@ Commands, each taking a checkpoint prefix, a directory (its latest checkpoint;
   ``inspect_checkpoint``; ``--tensor`` prints one value, ``--all`` every value.
 * ``graph PATH``: the object graph as a tree, with optimizer slot links.
 * ``verify PATH``: read every entry and verify every checksum; exit 1 on damage.
-* ``convert PATH --to OUT.safetensors [--assignment-map FILE.json]``: write the
-  tensors to safetensors under their checkpoint keys, or renamed by an
-  assignment map (names only: layouts are converted by
-  :func:`torchckpt.convert.load_tf_weights`, which knows the target modules).
+* ``convert PATH --model MODULE:FACTORY --to OUT.safetensors [--assignment-map
+  FILE.json] [--flatten-order ...] [--partial] [--report]``: build the torch model
+  with the user's factory, fill it with :func:`torchckpt.convert.load_tf_weights`
+  and write its ``state_dict`` (torch names, layouts converted).
+  ``convert PATH --raw --to OUT.safetensors``: the checkpoint's tensors under
+  their keys, in TF layouts (an assignment map renames them, names only).
 * ``diff A B``: keys, dtypes, shapes and values that differ; exit 1 if any.
 
 Exit status: 0 success, 1 damage or differences found, 2 usage or read errors.
@@ -26,12 +28,14 @@ import json
 import os
 import sys
 import time
+from bisect import bisect_left
 from typing import IO, Iterator, Sequence
 
 import numpy as np
 
 from .errors import TorchckptError
 from .format.bundle_reader import BundleReader, numel
+from .format.storage import is_remote, open_bundle
 from .format.dtypes import FIXED_WIDTH, dtype_name, enum_name, has_array_form
 from .format.state_file import read_state
 from .graph.keys import OBJECT_ATTRIBUTES_NAME, OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
@@ -117,7 +121,7 @@ def _printable(reader: BundleReader, key: bytes) -> np.ndarray:
 
 
 def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
-    with BundleReader(resolve_path(args.path)) as reader:
+    with open_bundle(resolve_path(args.path)) as reader:
         keys = _listed(reader)
         if args.tensor is not None:
             key = args.tensor.removesuffix(":0").encode("utf-8")
@@ -146,7 +150,7 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_graph(args: argparse.Namespace, out: IO[str]) -> int:
-    with BundleReader(resolve_path(args.path)) as reader:
+    with open_bundle(resolve_path(args.path)) as reader:
         if OBJECT_GRAPH_PROTO_KEY not in reader:
             print(f"'{reader.prefix}' has no object graph: it is a name-based (TF1 Saver) "
                   "checkpoint; `torchckpt inspect` lists its keys", file=out)
@@ -171,7 +175,8 @@ def render_graph(graph: ObjectGraph, reader: BundleReader) -> Iterator[str]:
     each node is expanded once, so output is linear in the graph's nodes and edges.
     """
     paths = graph.paths()
-    yield f"(root) (node 0){_graph_label(graph, reader, 0)}"
+    saved = _SavedKeys(reader)
+    yield f"(root) (node 0){_graph_label(graph, saved, 0)}"
     expanded = {0}
     stack = [(0, iter(_graph_items(graph, paths, 0)), "", 1)]
     while stack:
@@ -186,7 +191,7 @@ def render_graph(graph: ObjectGraph, reader: BundleReader) -> Iterator[str]:
         if kind != "slot" and (paths.parent(child) != (node_id, name) or child in expanded):
             yield f"{prefix}{marker}{branch}{name} -> {paths.describe(child)} (node {child})"
             continue
-        text = _graph_label(graph, reader, child).replace("\n", "\n" + prefix + indent)
+        text = _graph_label(graph, saved, child).replace("\n", "\n" + prefix + indent)
         yield f"{prefix}{marker}{branch}{name} (node {child}){text}"
         if kind != "slot":
             expanded.add(child)
@@ -206,19 +211,40 @@ def _graph_items(graph: ObjectGraph, paths: FirstPaths, node_id: int
     return [(name, child, kind, i == len(items) - 1) for i, (name, child, kind) in enumerate(items)]
 
 
-def _graph_label(graph: ObjectGraph, reader: BundleReader, node_id: int) -> str:
+class _SavedKeys:
+    """Where an attribute's value is stored. TF saves some attributes under a longer key
+    than the graph names (a ``tf.data`` iterator's ``.ATTRIBUTES/ITERATOR`` is stored as
+    ``.ATTRIBUTES/ITERATOR_STATE``); the bundle's keys are sorted once to find them."""
+
+    def __init__(self, reader: BundleReader) -> None:
+        self.reader = reader
+        self._sorted: list[bytes] | None = None
+
+    def of(self, checkpoint_key: str) -> bytes | None:
+        key = checkpoint_key.encode()
+        if key in self.reader:
+            return key
+        if self._sorted is None:
+            self._sorted = sorted(self.reader.keys())
+        i = bisect_left(self._sorted, key)
+        found = self._sorted[i:i + 2]
+        longer = [k for k in found if k.startswith(key)]
+        return longer[0] if len(longer) == 1 else None
+
+
+def _graph_label(graph: ObjectGraph, saved: _SavedKeys, node_id: int) -> str:
     """A node's value: ``= dtype[shape]  key`` for one attribute, else each attribute."""
     attrs = graph.nodes[node_id].attributes
-    if len(attrs) == 1 and attrs[0].checkpoint_key.encode() in reader:
-        key = attrs[0].checkpoint_key.encode()
-        e = reader.entry(key)
-        return f" = {dtype_name(e.dtype)}{list(e.shape)}  {attrs[0].checkpoint_key}"
+    key = saved.of(attrs[0].checkpoint_key) if len(attrs) == 1 else None
+    if key is not None:
+        e = saved.reader.entry(key)
+        return f" = {dtype_name(e.dtype)}{list(e.shape)}  {_show(key)}"
     return "".join(f"\n    .ATTRIBUTES/{a.name}: {a.checkpoint_key}" for a in attrs)
 
 
 def _prefixes(path: str) -> list[str]:
     """Every checkpoint of a directory's state file, else the one checkpoint at ``path``."""
-    if os.path.isdir(path):
+    if is_remote(path) or os.path.isdir(path):  # a directory (a URL may be one)
         state = read_state(path)
         if state is not None:
             listed = list(dict.fromkeys([*state.all_model_checkpoint_paths,
@@ -234,7 +260,7 @@ def verify_prefix(prefix: str, progress: bool) -> list[str]:
     bytes checksummed; the parts of a sliced tensor are entries of their own.
     """
     problems: list[str] = []
-    with BundleReader(prefix, verify_checksums=True) as reader:
+    with open_bundle(prefix, verify_checksums=True) as reader:
         keys = reader.keys()
         sizes = {}
         for key in keys:
@@ -275,7 +301,7 @@ def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
             for p in problems:
                 print(f"  {p}", file=sys.stderr)
         else:
-            with BundleReader(prefix) as reader:
+            with open_bundle(prefix) as reader:
                 n, shards = len(reader.keys()), reader.header.num_shards
             print(f"OK {prefix}: {n} entries in {shards} shard(s), every checksum verified",
                   file=out)
@@ -283,52 +309,81 @@ def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _load_map(path: str) -> list[tuple[str, str | None]]:
+    """An assignment map from JSON: ``{pattern: target}`` or ``[[pattern, target], ...]``."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as exc:
         raise TorchckptError(f"cannot read assignment map '{path}': {exc}") from exc
-    items = data.items() if isinstance(data, dict) else data
-    return [tuple(item) for item in items]  # type: ignore[misc]
+    if not isinstance(data, (dict, list)):
+        raise TorchckptError(f"assignment map '{path}' holds a JSON {type(data).__name__}, not "
+                             "an object or a list of pairs")
+    return list(data.items()) if isinstance(data, dict) else data  # checked when parsed
 
 
 def cmd_convert(args: argparse.Namespace, out: IO[str]) -> int:
-    import torch
-    from safetensors.torch import save_file
+    if (args.model is None) == (not args.raw):
+        print("torchckpt convert: pass --model MODULE:FACTORY (fill that torch model and write "
+              "its state_dict, layouts converted: what load_state_dict accepts) or --raw (the "
+              "checkpoint's tensors under their TF keys and in TF layouts), not "
+              f"{'both' if args.raw else 'neither'}", file=sys.stderr)
+        return 2
+    rules = _load_map(args.assignment_map) if args.assignment_map else None
+    if args.raw:
+        return _convert_raw(args, rules, out)
+    return _convert_model(args, rules, out)
 
-    from .convert.assignment import parse_assignment_map, rename
-    from .reader import load_checkpoint
 
-    rules = parse_assignment_map(_load_map(args.assignment_map)) if args.assignment_map else None
-    tensors: dict[str, torch.Tensor] = {}
-    left_out: list[str] = []
+def _convert_model(args: argparse.Namespace, rules: list[tuple[str, str | None]] | None,
+                   out: IO[str]) -> int:
+    import warnings
+
+    from .convert import load_tf_weights, save_state_dict
+    from .convert.export import build_model
+    from .convert.flatten import parse_flatten_order
+
+    model = build_model(args.model)
+    with warnings.catch_warnings():  # the report's warnings are printed below, once
+        warnings.simplefilter("ignore", UserWarning)
+        report = load_tf_weights(model, args.path, assignment_map=rules, strict=not args.partial,
+                                 flatten_order=parse_flatten_order(args.flatten_order))
+    meta = {"format": "pt", "source": os.path.basename(report.path), "producer": "torchckpt",
+            "model": args.model}
+    n = save_state_dict(model, args.to, meta)
+    if args.report:
+        print(report.format(), file=out)
+    print(f"wrote {n} tensors (the state_dict of {args.model}, {len(report.matched)} values "
+          f"converted from the checkpoint) to {args.to}", file=out)
+    if not report.ok:
+        print(f"torchckpt convert: --partial: left unmatched:\n{report.problems()}",
+              file=sys.stderr)
+    for text in report.warnings:
+        print(f"torchckpt convert: warning: {text}", file=sys.stderr)
+    return 0
+
+
+def _convert_raw(args: argparse.Namespace, pairs: list[tuple[str, str | None]] | None,
+                 out: IO[str]) -> int:
+    from .convert.export import raw_tensors, save_tensors
+
     with load_checkpoint(args.path) as reader:
-        shapes = reader.get_variable_to_shape_map()
-        bar = Progress(len(shapes), "convert", args.progress)
-        for key in sorted(shapes):
-            bar.update(1)
-            name = key if rules is None else rename(rules, key)
-            value = None if key == OBJECT_GRAPH_PROTO_KEY else reader.get_tensor(key)
-            if name is None or not isinstance(value, torch.Tensor) or value.is_complex():
-                left_out.append(key)
-                continue
-            if name in tensors:
-                raise TorchckptError(f"assignment map gives two keys the name {name!r}")
-            tensors[name] = value.contiguous()
+        bar = Progress(len(reader.get_variable_to_shape_map()), "convert", args.progress)
+        dump = raw_tensors(reader, pairs, lambda: bar.update(1))
         bar.close()
-        meta = {"format": "pt", "source": os.path.basename(reader.prefix), "producer": "torchckpt"}
-    tmp = f"{args.to}.tmp{os.getpid()}"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, args.to)
-    print(f"wrote {len(tensors)} tensors to {args.to}", file=out)
-    if left_out:
-        print(f"left out {len(left_out)} (object graph, strings, complex, or not in the "
-              f"assignment map): {', '.join(left_out)}", file=sys.stderr)
+    save_tensors(dump.tensors, args.to, {"format": "pt", "source": os.path.basename(dump.prefix),
+                                         "producer": "torchckpt"})
+    print(f"wrote {len(dump.tensors)} tensors to {args.to} under TF names, in TF layouts (--raw)",
+          file=out)
+    if dump.left_out:
+        print(f"left out {len(dump.left_out)} (strings, complex, values torch has no type for, "
+              f"or not in the assignment map): {', '.join(dump.left_out)}", file=sys.stderr)
+    for text in dump.warnings:
+        print(f"torchckpt convert: warning: {text}", file=sys.stderr)
     return 0
 
 
 def cmd_diff(args: argparse.Namespace, out: IO[str]) -> int:
-    with BundleReader(resolve_path(args.a)) as a, BundleReader(resolve_path(args.b)) as b:
+    with open_bundle(resolve_path(args.a)) as a, open_bundle(resolve_path(args.b)) as b:
         ka, kb = set(_listed(a)), set(_listed(b))
         lines = [f"only in A: {_describe(a, k)}" for k in sorted(ka - kb)]
         lines += [f"only in B: {_describe(b, k)}" for k in sorted(kb - ka)]
@@ -386,10 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p = sub.add_parser("verify", help="read every entry and verify every checksum")
     p.add_argument("path")
-    p = sub.add_parser("convert", help="write the tensors to a safetensors file")
+    p = sub.add_parser("convert", help="convert into a torch model's state_dict (safetensors)")
     p.add_argument("path")
     p.add_argument("--to", required=True, help="output .safetensors file")
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="torch model to fill, e.g. mypkg.models:make_net or models.py:Net "
+                        "(called with no arguments); its state_dict is written")
+    p.add_argument("--raw", action="store_true",
+                   help="write the checkpoint's tensors under their TF keys, in TF layouts")
     p.add_argument("--assignment-map", help="JSON {pattern: name} or [[pattern, name], ...]")
+    p.add_argument("--flatten-order", action="append", metavar="ORDER|LINEAR=ORDER",
+                   help="channels_first (default: torch.flatten of NCHW) or channels_last; "
+                        "LINEAR=ORDER per Linear module (repeatable)")
+    p.add_argument("--partial", action="store_true",
+                   help="write what matched instead of failing on unmatched names "
+                        "(strict=False)")
+    p.add_argument("--report", action="store_true", help="print the whole conversion report")
     p = sub.add_parser("diff", help="compare two checkpoints")
     p.add_argument("a")
     p.add_argument("b")

@@ -39,7 +39,18 @@ class ChecksumMismatchError(CorruptCheckpointError):
 
 
 class UnsupportedFormatError(CorruptCheckpointError):
-    """Well-formed bytes that use a feature torchckpt does not read (a dtype, compression, V1)."""
+    """Well-formed bytes that use a feature torchckpt does not read (a dtype, compression, V1).
+
+    A :class:`CorruptCheckpointError` for code that catches every unreadable file,
+    but its message says what it is: ``cannot read checkpoint '...': ...``.
+    """
+
+    def __init__(self, path: str, what: str, *, key: str | bytes | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(path, what, key=key, offset=offset)
+        where = f" for {_show_key(key)}" if key is not None else ""
+        at = f" at offset {offset}" if offset is not None else ""
+        self.args = (f"cannot read checkpoint '{self.path}': {what}{where}{at}",)
 
 
 class OutsideDirectoryError(CorruptCheckpointError):
@@ -65,6 +76,11 @@ class CheckpointWriteError(TorchckptError, OSError):
     An ``OSError`` too, with ``errno`` and ``filename`` set, so ``except OSError``
     and ``errno.ENOSPC`` checks work; its message names the file.
     """
+
+
+class RemoteStorageUnavailableError(TorchckptError, ImportError):
+    """A URL needs fsspec or a backend for its scheme that is not installed; the message
+    names the extra to install (``pip install 'torchckpt[remote]'``)."""
 
 
 class CheckpointLockedError(TorchckptError):

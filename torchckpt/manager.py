@@ -37,14 +37,29 @@ bundle writer keeps that crash-safe too (``format/commit.py``). The in-memory
 view (``checkpoints``, ``latest_checkpoint``) changes only once the state file
 that says the same has been written, so the two never disagree.
 
-With a ``torch.distributed`` process group, rank 0 alone does steps 1, 4 and 5
-(all ranks wait at a barrier after step 1); the other ranks keep the same
-bookkeeping in memory, so ``checkpoints`` and ``latest_checkpoint`` agree.
+With a ``torch.distributed`` process group of more than one rank, a save is
+collective (every rank calls ``save()``) and rank 0 owns the directory: it
+alone does steps 1, 4 and 5, and holds the lock. Step 1 happens before rank 0
+enters the write, whose opening handshake no rank passes before rank 0 does,
+so no rank writes while rank 0 removes leftovers. The write returns on every
+rank only after rank 0 wrote the state file; the other ranks then take their
+bookkeeping from that file, so every rank's ``checkpoints`` and
+``latest_checkpoint`` are rank 0's (the same clock readings and sweep
+decisions). A save that fails on any rank fails on all of them and changes
+no rank's bookkeeping. ``save(options=CheckpointOptions(collective=False))``
+is a save by rank 0 alone (no other rank calls it), as without a process group.
+
+A directory URL (``s3://bucket/run``, any fsspec URL) follows the same steps
+through ``format/storage.py``: data objects, then the index (the commit
+marker), then the state file (one PUT), then the deletions, index first. Step 1
+removes data objects no index names and the objects of the prefix about to be
+written. Object stores have no lock: there, run one manager per directory.
 
 One manager per directory: the manager (rank 0's) holds an advisory lock,
 ``flock`` on the directory itself, from construction to
-:meth:`CheckpointManager.close` (or its garbage collection); a second manager on the same directory, in
-this process or another, gets :class:`~torchckpt.errors.CheckpointLockedError`
+:meth:`CheckpointManager.close` (or its garbage collection); a second manager on
+the same directory, in this process or another, gets
+:class:`~torchckpt.errors.CheckpointLockedError`
 instead of racing with the first on each other's files. Where the file system
 has no ``flock`` (or the directory is read-only) no lock is taken.
 
@@ -58,23 +73,32 @@ delete them); the clock is injectable.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import operator
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from . import distributed
 from .checkpoint import Checkpoint, CheckpointOptions
+from .distributed import DistributedCheckpointError
 from .errors import CheckpointLockedError
+from .format import remote_state
 from .format.commit import COMMIT_RECORD_SUFFIX, complete_commit, record_path
 from .format.naming import bundle_files, final_path_of_temp, index_path, prefix_of, temp_files
-from .format.state_file import (STATE_FILENAME, contained_path, read_state, state_temp_files,
-                                write_state)
+from .format.state_file import (
+    STATE_FILENAME,
+    contained_path,
+    read_state,
+    state_temp_files,
+    write_state,
+)
+from .format.storage import is_remote, normalize
 
 try:
     import fcntl
@@ -136,11 +160,6 @@ def _is_rank_zero() -> bool:
     return not distributed.is_active() or torch.distributed.get_rank() == 0
 
 
-def _barrier() -> None:
-    if distributed.is_active():
-        torch.distributed.barrier()
-
-
 def _step_value(step_counter: Any) -> int:
     """The current step of a step counter: a 0-d tensor, an int-like object or a callable."""
     if hasattr(step_counter, "item"):
@@ -174,6 +193,8 @@ class CheckpointManager:
         last_checkpoint_step: the step of the last save, for ``checkpoint_interval``.
         clock: returns the time in seconds since the epoch; ``time.time`` by
             default (inject one to test ``keep_checkpoint_every_n_hours``).
+        storage_options: fsspec filesystem arguments when ``directory`` is a URL
+            (``s3://bucket/run``); passed on to every save and restore.
 
     Raises:
         ValueError: ``max_to_keep`` is not positive, or ``checkpoint_interval``
@@ -197,7 +218,8 @@ class CheckpointManager:
                  checkpoint_name: str = "ckpt", step_counter: Any = None,
                  checkpoint_interval: int | None = None, init_fn: Callable[[], Any] | None = None,
                  last_checkpoint_step: int | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"max_to_keep must be a positive integer or None, got {max_to_keep}")
         if checkpoint_interval is not None and step_counter is None:
@@ -215,7 +237,10 @@ class CheckpointManager:
         self._clock = clock
         self._maybe_delete: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._latest_checkpoint: str | None = None
-        self._lock_fd = _lock_directory(self._directory) if _is_rank_zero() else None
+        self._storage_options = storage_options  # fsspec options of a directory URL
+        self._remote = is_remote(self._directory)  # no lock on object stores
+        self._lock_fd = (_lock_directory(self._directory) if _is_rank_zero() and not self._remote
+                         else None)
         try:
             self._recover_state()
         except BaseException:
@@ -251,7 +276,7 @@ class CheckpointManager:
 
     def _recover_state(self) -> None:
         """Take over the bookkeeping a previous manager left in the state file (TF's rules)."""
-        state = read_state(self._directory)
+        state = read_state(self._directory, storage_options=self._storage_options)
         now = self._clock()
         if state is None:
             # A little in the past, so that quickly re-creating a manager cannot race.
@@ -302,10 +327,18 @@ class CheckpointManager:
             check_interval: with ``checkpoint_interval``, skip the save unless at
                 least that many steps passed since the last one. A save at the
                 same step as the last one is skipped regardless.
-            options: :class:`~torchckpt.CheckpointOptions` for the write.
+            options: :class:`~torchckpt.CheckpointOptions` for the write. With a process
+                group of more than one rank, every rank calls ``save()``
+                (``collective=None``, the default), or rank 0 alone does
+                (``collective=False``).
 
         Returns:
             The new prefix, or None when the interval check skipped the save.
+
+        Raises:
+            DistributedCheckpointError: a save from one rank on a rank other than 0
+                (rank 0 owns the directory), or a collective save that failed
+                (``CollectiveTimeoutError`` when some rank did not call it).
         """
         if self._checkpoint_interval is not None:
             step = _step_value(self._step_counter)
@@ -315,33 +348,70 @@ class CheckpointManager:
                 if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
                     return None
             self._last_checkpoint_step = step
+        writes_files = _is_rank_zero()
+        if not writes_files and not distributed.saves_collectively(
+                options.collective if options else None, options.group if options else None):
+            raise DistributedCheckpointError(
+                self._checkpoint_prefix, "CheckpointManager.save(options=CheckpointOptions("
+                "collective=False)) on a rank other than 0: rank 0 owns the directory (its "
+                "state file and deletions); save from rank 0, or from every rank")
         self._sync()  # a save in flight must finish before its temporary files look stale
         number = self._checkpoint.increment_save_counter()
         if checkpoint_number is not None:
             number = _step_value(checkpoint_number)
         prefix = f"{self._checkpoint_prefix}-{number}"
-        writes_files = _is_rank_zero()
-        if writes_files:
+        if writes_files:  # a collective write's handshake keeps the other ranks waiting meanwhile
             self._remove_leftovers(prefix)
-        _barrier()  # no rank may start writing while rank 0 removes leftovers
+        options = self._with_storage_options(options)
         # ``on_commit`` runs once the bundle is committed: on the background thread for an
         # asynchronous save, on rank 0 for a distributed one.
         path = self._checkpoint.write(
             prefix, options, on_commit=self._record_and_sweep_state if writes_files else None)
-        if not writes_files:  # other ranks keep the same bookkeeping, touching no file
-            self._record_and_sweep_state(path, touch_files=False)
+        if not writes_files:
+            self._adopt_state(path)
         return path
+
+    def _with_storage_options(self, options: CheckpointOptions | None) -> CheckpointOptions | None:
+        """``options`` carrying this manager's ``storage_options`` (unless it has its own)."""
+        if self._storage_options is None or (options and options.storage_options is not None):
+            return options
+        return dataclasses.replace(options or CheckpointOptions(),
+                                   storage_options=self._storage_options)
+
+    def _adopt_state(self, save_path: str) -> None:
+        """Take over the bookkeeping rank 0 wrote to the state file for ``save_path`` (a
+        collective save returns only after it did); as rank 0 would compute it, without
+        touching files, if the state file cannot be seen."""
+        state = read_state(self._directory, storage_options=self._storage_options)
+        if state is None or os.path.normpath(state.model_checkpoint_path) != os.path.normpath(
+                save_path):
+            self._record_and_sweep_state(save_path, touch_files=False)
+            return
+        paths = list(state.all_model_checkpoint_paths)
+        stamps = list(state.all_model_checkpoint_timestamps)
+        if len(stamps) != len(paths):
+            stamps = [state.last_preserved_timestamp] * len(paths)
+        self._maybe_delete = collections.OrderedDict(zip(paths, stamps))
+        self._last_preserved_timestamp = state.last_preserved_timestamp
+        self._latest_checkpoint = save_path
 
     def _sync(self) -> None:
         self._checkpoint.sync()
 
     def _remove_leftovers(self, prefix: str) -> None:
         """Step 1 of the commit protocol (module docstring)."""
-        state = read_state(self._directory)
+        state = read_state(self._directory, storage_options=self._storage_options)
+        numbered = re.compile(re.escape(self._checkpoint_name) + r"-\d+")
+        if self._remote:
+            named = set() if state is None else {
+                normalize(p) for p in [state.model_checkpoint_path,
+                                       *state.all_model_checkpoint_paths]}
+            remote_state.remove_leftovers(self._directory, numbered, prefix, named,
+                                          self._storage_options)
+            return
         named = set() if state is None else {
             os.path.normpath(p) for p in [state.model_checkpoint_path,
                                           *state.all_model_checkpoint_paths]}
-        numbered = re.compile(re.escape(self._checkpoint_name) + r"-\d+")
         try:
             names = os.listdir(self._directory)
         except FileNotFoundError:
@@ -383,14 +453,18 @@ class CheckpointManager:
         if touch_files:
             # write_state stores paths relative to the directory; absolute paths make that
             # right for a relative ``directory`` too.
-            write_state(self._directory, os.path.abspath(save_path),
-                        [os.path.abspath(p) for p in active], timestamps=list(active.values()),
-                        last_preserved_timestamp=preserved)
+            full = (lambda p: p) if self._remote else os.path.abspath
+            write_state(self._directory, full(save_path), [full(p) for p in active],
+                        timestamps=list(active.values()), last_preserved_timestamp=preserved,
+                        storage_options=self._storage_options)
         self._maybe_delete, self._last_preserved_timestamp = active, preserved
         self._latest_checkpoint = save_path
         if touch_files:
             for path in leaving:
-                _delete_checkpoint(self._directory, path)
+                if self._remote:
+                    remote_state.delete_checkpoint(self._directory, path, self._storage_options)
+                else:
+                    _delete_checkpoint(self._directory, path)
 
     def _sweep(self, active: collections.OrderedDict[str, float],
                preserved: float) -> tuple[list[str], float]:
@@ -416,7 +490,7 @@ class CheckpointManager:
             The restored prefix, or None when nothing was restored.
         """
         if self._latest_checkpoint is not None:
-            self._checkpoint.restore(self._latest_checkpoint)
+            self._checkpoint.restore(self._latest_checkpoint, self._with_storage_options(None))
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = _step_value(self._step_counter)
             return self._latest_checkpoint

@@ -52,6 +52,7 @@ from .format.dtypes import FIXED_WIDTH, DataType, enum_name
 from .format.naming import data_path
 from .format.records import ENDIAN_LITTLE, BundleEntry
 from .format.state_file import STATE_FILENAME, existing_latest, resolve_prefix
+from .format.storage import StorageOptions, is_remote, open_bundle
 
 PathLike = Union[str, "os.PathLike[str]"]
 Key = Union[str, bytes]
@@ -93,8 +94,10 @@ class CheckpointReader:
         UnsupportedFormatError: a bundle version this reader does not accept.
     """
 
-    def __init__(self, prefix: PathLike, *, verify_checksums: bool = True) -> None:
-        self._bundle = BundleReader(os.fspath(prefix), verify_checksums=verify_checksums)
+    def __init__(self, prefix: PathLike, *, verify_checksums: bool = True,
+                 storage_options: StorageOptions | None = None) -> None:
+        self._bundle = open_bundle(os.fspath(prefix), verify_checksums=verify_checksums,
+                                   storage_options=storage_options)
         self.prefix = self._bundle.prefix
         try:
             self._check_shards()
@@ -105,6 +108,10 @@ class CheckpointReader:
     def _check_shards(self) -> None:
         # code-style P7: trust a prefix only when every shard its header names exists.
         n = self._bundle.header.num_shards
+        if is_remote(self.prefix):  # one size request per shard, which later reads reuse
+            for shard in range(n):
+                self._bundle.shard(shard)
+            return
         for shard in range(n):  # stops at the first gap, so a forged count costs nothing
             path = data_path(self.prefix, shard, n)
             if not os.path.isfile(path):
@@ -221,7 +228,8 @@ class CheckpointReader:
         return f"CheckpointReader({self.prefix!r})"
 
 
-def latest_checkpoint(directory: PathLike, latest_filename: str = STATE_FILENAME) -> str | None:
+def latest_checkpoint(directory: PathLike, latest_filename: str = STATE_FILENAME, *,
+                      storage_options: StorageOptions | None = None) -> str | None:
     """The newest checkpoint prefix named by ``directory``'s state file.
 
     Like ``tf.train.latest_checkpoint``, relative paths in the state file are
@@ -229,7 +237,8 @@ def latest_checkpoint(directory: PathLike, latest_filename: str = STATE_FILENAME
     it, a state file that names a prefix without a ``.index`` file, or a path
     outside ``directory`` (e.g. an absolute TF1 path after the folder was moved),
     is an error rather than ``None``: a run must not silently start over, and
-    nothing outside the directory is followed.
+    nothing outside the directory is followed. A directory URL
+    (``s3://bucket/run``) gives a URL.
 
     Raises:
         CheckpointNotFoundError: the named prefix does not exist.
@@ -237,10 +246,11 @@ def latest_checkpoint(directory: PathLike, latest_filename: str = STATE_FILENAME
             ``model_checkpoint_path``.
         OutsideDirectoryError: it names a path outside ``directory``.
     """
-    return existing_latest(os.fspath(directory), latest_filename)
+    return existing_latest(os.fspath(directory), latest_filename, storage_options=storage_options)
 
 
-def load_checkpoint(path: PathLike, *, verify_checksums: bool = True) -> CheckpointReader:
+def load_checkpoint(path: PathLike, *, verify_checksums: bool = True,
+                    storage_options: StorageOptions | None = None) -> CheckpointReader:
     """Open the checkpoint at ``path`` (``tf.train.load_checkpoint``).
 
     Args:
@@ -248,13 +258,19 @@ def load_checkpoint(path: PathLike, *, verify_checksums: bool = True) -> Checkpo
             latest checkpoint its ``checkpoint`` state file names. The name of
             the prefix's ``.index`` or ``.data-*`` file is accepted too.
         verify_checksums: verify each tensor's CRC32C when it is read.
+        storage_options: fsspec filesystem arguments when ``path`` is a URL
+            (``s3://bucket/run``); opening reads only the index, and each
+            tensor read fetches only that tensor's bytes.
 
     Raises:
         CheckpointNotFoundError: nothing to open at ``path``.
         CorruptCheckpointError: the state file, the index or the shard set is damaged.
         UnsupportedFormatError: a bundle version this reader does not accept.
+        RemoteStorageUnavailableError: a URL without the ``remote`` extra installed.
     """
-    return CheckpointReader(resolve_prefix(os.fspath(path)), verify_checksums=verify_checksums)
+    prefix = resolve_prefix(os.fspath(path), storage_options=storage_options)
+    return CheckpointReader(prefix, verify_checksums=verify_checksums,
+                            storage_options=storage_options)
 
 
 def list_variables(path: PathLike) -> list[tuple[str, list[int]]]:

@@ -32,17 +32,18 @@ from .adapters.registry import Adapter, Handle
 from .adapters.tensors import array_to_tensor, tensor_to_buffer, torch_dtype_of
 from .adapters.values import holds_data
 from .distributed.layout import is_dtensor
+from .distributed.per_rank import PerRankAdapter, Placement
 from .distributed.reshard import copy_into, dtensor_like
 from .errors import CorruptCheckpointError, UnsupportedFormatError
 from .format import BundleReader
 from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
 from .format.records import ENDIAN_LITTLE
+from .format.storage import StorageOptions, open_bundle
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY
 from .graph.object_graph import GraphNode, ObjectGraph, readable_path
 from .graph.status import MatchReport
 from .saving import identity, walk_live
 from .staging import needs_staging, read_to_device, staging_buffers
-
 
 # Python state (JSON) may nest at most this deep. The adapters that rebuild it
 # (state_dict decoders, type checks) recurse over it, so a file could otherwise
@@ -171,7 +172,10 @@ class RestoreSession:
     Bookkeeping: ``bound`` maps node ids to live objects; ``applied`` holds the
     nodes whose values landed; ``pending`` the watched ``(parent node, local
     name)`` edges whose objects have not appeared yet; ``pending_slots`` maps
-    slot nodes not restored yet to their variable's node.
+    slot nodes not restored yet to their variable's node. Under a per-rank
+    object (``distributed/per_rank.py``), ``other_ranks`` holds the children
+    that other ranks of this world restore, and ``unplaced`` the nodes whose
+    values no rank of this world takes (saved by a world of another size).
     """
 
     def __init__(self, root: Any, reader: BundleReader, graph: ObjectGraph, *,
@@ -189,6 +193,8 @@ class RestoreSession:
         self.pending: dict[tuple[int, str], Handle | None] = {}
         self.pending_slots: dict[int, int] = {}  # slot node -> its variable's node
         self._slot_waiting: dict[int, list[tuple[int, Any]]] = {}  # variable node -> slots
+        self.other_ranks: list[int] = []
+        self.unplaced: list[int] = []
         self._queue: deque[int] = deque()
         # In-place reads queued by one pass of _drain and done in one read_many_into call:
         # payloads are then read in file order with few system calls (50k small tensors).
@@ -196,14 +202,16 @@ class RestoreSession:
 
     @classmethod
     def open(cls, root: Any, prefix: str, *, device: torch.device,
-             registry: AdapterRegistry = default_registry) -> "RestoreSession":
-        """Read the object graph of the bundle at ``prefix``.
+             registry: AdapterRegistry = default_registry,
+             storage_options: StorageOptions | None = None) -> "RestoreSession":
+        """Read the object graph of the bundle at ``prefix`` (a path, or a URL read
+        through fsspec with ``storage_options``: ``format/remote_reader.py``).
 
         Raises:
             UnsupportedFormatError: no object graph (a TF1 name-based checkpoint).
             CorruptCheckpointError: an unreadable index or object graph.
         """
-        reader = BundleReader(prefix)
+        reader = open_bundle(prefix, storage_options=storage_options)
         try:
             if OBJECT_GRAPH_PROTO_KEY not in reader:
                 raise UnsupportedFormatError(
@@ -240,7 +248,8 @@ class RestoreSession:
                 self._visit(self._queue.popleft())
         finally:
             reads, self._reads = self._reads, []
-        self.reader.read_many_into(reads)
+        if reads:  # queued by _value, which requires the reader to be open
+            self._open_reader().read_many_into(reads)
         if not self.pending:
             self._release()
 
@@ -248,10 +257,16 @@ class RestoreSession:
         obj = self.bound[node_id]
         adapter = self._adapters[node_id] = self._registry.adapter(obj)
         node = self.graph.nodes[node_id]
-        if node.attributes:
+        per_rank = adapter if isinstance(adapter, PerRankAdapter) else None
+        if node.attributes and per_rank is not None and per_rank.per_rank:
+            self.unplaced.append(node_id)  # saved by one process: no rank of this world owns it
+        elif node.attributes:
             adapter.restore({a.name: self._value(a.checkpoint_key) for a in node.attributes})
             self.applied.add(node_id)
         for ref in node.children:
+            if per_rank is not None and self._placed_elsewhere(per_rank, ref.local_name,
+                                                               ref.node_id):
+                continue
             live = adapter.child(ref.local_name)
             if live is not None and adapter.child_ready(ref.local_name, live):
                 self._bind(ref.node_id, live)
@@ -262,6 +277,15 @@ class RestoreSession:
                 (node_id, slot))
             self.pending_slots[slot.slot_variable_node_id] = slot.original_variable_node_id
         self._restore_ready_slots(node_id)
+
+    def _placed_elsewhere(self, adapter: PerRankAdapter, name: str, child: int) -> bool:
+        """Book a per-rank child that this rank does not restore; False for its own."""
+        where = adapter.placement(name)
+        if where is Placement.OTHER_RANK:
+            self.other_ranks.append(child)
+        elif where is Placement.UNPLACED:
+            self.unplaced.append(child)
+        return where in (Placement.OTHER_RANK, Placement.UNPLACED)
 
     def _defer(self, parent: int, name: str, child: int, adapter: Adapter) -> None:
         """Wait for ``parent.<name>``. A parent that cannot announce new children
@@ -311,9 +335,12 @@ class RestoreSession:
         return done
 
     def _value(self, key: str) -> BundleValue:
+        return BundleValue(self._open_reader(), key, self._device, self._reads)
+
+    def _open_reader(self) -> BundleReader:
         if self.reader is None:  # cannot happen: the reader is released only when idle
             raise RuntimeError("restore session already closed")
-        return BundleValue(self.reader, key, self._device, self._reads)
+        return self.reader
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -322,12 +349,17 @@ class RestoreSession:
 
     def report(self) -> MatchReport:
         waiting = self._waiting_nodes()
+        unplaced = self._unbound_below(self.unplaced) | set(self.unplaced)
+        elsewhere = self._unbound_below(self.other_ranks) | unplaced
         matched = sorted(self.describe(i) for i in self.applied)
         pending = sorted(self.describe(i) for i in waiting
                          if _has_own_values(self.graph.nodes[i]))
         unused = sorted(self.describe(i) for i, n in enumerate(self.graph.nodes)
-                        if _has_own_values(n) and i not in self.applied and i not in waiting)
-        return MatchReport(matched, unused, self._unmatched_live(), pending)
+                        if _has_own_values(n) and i not in self.applied and i not in waiting
+                        and i not in elsewhere)
+        unplaced_values = sorted(self.describe(i) for i in unplaced
+                                 if _has_own_values(self.graph.nodes[i]))
+        return MatchReport(matched, unused, self._unmatched_live(), pending, unplaced_values)
 
     def _waiting_nodes(self) -> set[int]:
         """Nodes whose values can still land: everything under a watched edge, and

@@ -23,6 +23,11 @@ that exist and ignores the rest, so that a run saved on a GPU box can continue
 its CPU-side randomness elsewhere; the CPU, numpy and Python states always
 restore exactly.
 
+Per-rank: with a process group of more than one rank, each rank's generators
+are saved under its own child, ``rng/rank_<r>_of_<W>/...``, and restored into
+the same rank on a world of the same size (``distributed/per_rank.py``);
+without one, the values sit on the node itself, as in the table above.
+
 Not thread-safe in the sense that matters: the generators are process-global,
 so capture and restore while no other thread draws from them.
 """
@@ -36,7 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapters import default_registry
 from .adapters.schema import as_int, as_real, as_tensor, generator_state, refuse
+from .adapters.stateful import StatefulAdapter
+from .distributed.per_rank import per_rank_adapter
 from .errors import InvalidValueError, TorchckptError
 
 __all__ = ["RNGState", "HostRNGSnapshot", "capture_host_rng", "apply_host_rng",
@@ -181,6 +189,8 @@ class RNGState:
     Track it in a checkpoint to make a resumed run draw the same random numbers
     (dropout masks, augmentations, shuffles) as one that never stopped. The
     state is read when the checkpoint is saved, not when this object is made.
+    It is per-rank: under ``torch.distributed`` each rank saves and restores its
+    own generators (see the module docstring).
 
     Example:
         >>> import random, torch
@@ -231,3 +241,6 @@ def _checked_cuda(states: Any) -> list[torch.Tensor]:
         else:  # no such device here: ignored, as the module doc says
             as_tensor(st, f"cuda[{device}]", dtype=torch.uint8)
     return out
+
+
+default_registry.register(RNGState, per_rank_adapter(StatefulAdapter))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Hashable
+from typing import Any, Hashable, cast, Iterable
 
 import torch
 
@@ -20,6 +20,7 @@ from .adapters import AdapterRegistry, ValueSlot, default_registry
 from .adapters.tensors import tensor_to_buffer, tf_dtype_of
 from .errors import UntrackableError
 from .format import BundleWriter
+from .format.storage import StorageOptions, is_remote, local_path, staged_bundle
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, format_key, object_path, slot_path
 from .graph.object_graph import Attribute, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.traversal import Walk, breadth_first
@@ -87,7 +88,7 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
             key_path = slot_path(object_path(walk.paths[var_id]), object_path(walk.paths[i]),
                                  slot_name)
             _add_values(plan, slot_node, path, {VARIABLE_VALUE_KEY: tensor}, key_path)
-            nodes[i].slot_variables.append(SlotRef(var_id, slot_name, len(nodes) - 1))
+            cast(list, nodes[i].slot_variables).append(SlotRef(var_id, slot_name, len(nodes) - 1))
     _mark_values(nodes)
     return plan
 
@@ -98,7 +99,7 @@ def _add_values(plan: SavePlan, node: GraphNode, path: tuple[str, ...],
     for name, value in values.items():
         key = format_key(prefix, name)
         full_name = "/".join(path) if name == VARIABLE_VALUE_KEY else ""
-        node.attributes.append(Attribute(name, key, full_name))
+        cast(list, node.attributes).append(Attribute(name, key, full_name))  # built: a list
         if isinstance(value, str):
             plan.strings.append((key, value))
         else:
@@ -128,26 +129,43 @@ def host_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True) -> str:
+def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Add each ``(key, tensor)`` to ``writer``, in order, from wherever the tensor lives.
+
+    Host tensors are written from their own memory in one bulk call; tensors on
+    a device (GPU) through the two pinned staging buffers (:mod:`.staging`),
+    piece by piece, so host memory stays bounded.
+    """
+    buffers: list[torch.Tensor] | None = None
+    with contextlib.ExitStack() as stack:
+        for on_device, run in groupby(tensors, key=lambda kv: needs_staging(kv[1].device)):
+            if on_device:
+                if buffers is None:  # borrowed for the rest of this save, on first need
+                    buffers = stack.enter_context(staging_buffers())
+                for key, t in run:
+                    writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
+                                      t.shape)
+            else:  # one bulk call: add_many pauses the cyclic GC, skips per-call overhead
+                writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
+                                for key, t in ((k, host_tensor(v)) for k, v in run))
+
+
+def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True,
+               storage_options: StorageOptions | None = None) -> str:
     """Write ``plan`` as the bundle ``prefix`` (atomic; see :class:`BundleWriter`).
 
     Host tensors are written from their own memory; tensors on a device (GPU)
     through the two pinned staging buffers (:mod:`.staging`), piece by piece.
+    An object-store URL is written locally, then uploaded data first, index
+    last (``format/storage.py``).
     """
-    writer = BundleWriter(prefix, sync=sync)
+    if is_remote(prefix):
+        with staged_bundle(prefix, storage_options) as staged:
+            write_plan(plan, staged.prefix, sync=False)
+        return prefix
+    writer = BundleWriter(local_path(prefix), sync=sync)
     try:
-        buffers: list[torch.Tensor] | None = None
-        with contextlib.ExitStack() as stack:
-            for on_device, run in groupby(plan.tensors, key=lambda kv: needs_staging(kv[1].device)):
-                if on_device:
-                    if buffers is None:  # borrowed for the rest of this save, on first need
-                        buffers = stack.enter_context(staging_buffers())
-                    for key, t in run:
-                        writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
-                                          t.shape)
-                else:  # one bulk call: add_many pauses the cyclic GC, skips per-call overhead
-                    writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
-                                    for key, t in ((k, host_tensor(v)) for k, v in run))
+        add_tensors(writer, plan.tensors)
         for key, text in plan.strings:
             writer.add_strings(key, [text.encode("utf-8")], ())
         writer.add_strings(OBJECT_GRAPH_PROTO_KEY, [plan.graph.to_bytes()], ())

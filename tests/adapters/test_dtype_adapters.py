@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from torchckpt.adapters.tensors import (array_to_tensor, tensor_to_buffer, tf_dtype_of,
-                                        torch_dtype_of, torch_dtype_or_name)
+from torchckpt.adapters.tensors import (
+    array_to_tensor,
+    tensor_to_buffer,
+    tf_dtype_of,
+    torch_dtype_of,
+    torch_dtype_or_name,
+)
 from torchckpt.errors import UntrackableError
 from torchckpt.format.dtypes import FIXED_WIDTH, DataType
 

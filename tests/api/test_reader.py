@@ -13,10 +13,10 @@ import torch
 import torchckpt
 import torchckpt.reader
 from golden_data import BY_ID
+from processes import run_isolated
 from torchckpt.adapters.tensors import tensor_to_buffer, tf_dtype_of
 from torchckpt.format import BundleWriter, DataType, write_state
 from torchckpt.format.records import Extent, TensorSlice
-from processes import run_isolated
 
 
 def _write(prefix: str, tensors: dict[str, torch.Tensor], strings: dict | None = None) -> str:

@@ -15,9 +15,16 @@ import torch
 from ckpt_helpers import Net
 from torch import nn
 
-from torchckpt import (Checkpoint, CheckpointNotFoundError, MismatchError, UnmatchedError,
-                       UnsupportedFormatError, UntrackableError, latest_checkpoint,
-                       list_variables)
+from torchckpt import (
+    Checkpoint,
+    CheckpointNotFoundError,
+    MismatchError,
+    UnmatchedError,
+    UnsupportedFormatError,
+    UntrackableError,
+    latest_checkpoint,
+    list_variables,
+)
 from torchckpt.format import BundleReader
 
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 from ckpt_helpers import OPTIMIZERS, make_run, state_arrays
 
-from torchckpt import Checkpoint, UnmatchedError
 from processes import run_isolated
+from torchckpt import Checkpoint, UnmatchedError
 
 K, N = 3, 3
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_in_fresh_process.py")

@@ -1,6 +1,6 @@
 """Acceptance (d): the ``torchckpt`` command line on every TF fixture and on torchckpt-written
-checkpoints; ``verify`` catches a flipped byte; ``convert`` writes safetensors that
-``safetensors.torch.load_file`` reads."""
+checkpoints; ``verify`` catches a flipped byte; ``convert --raw`` writes safetensors that
+``safetensors.torch.load_file`` reads (``convert --model``: tests/cli/test_cli_convert.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import torchckpt
+from processes import run_isolated
 from torchckpt.cli import main
 from torchckpt.format import BundleWriter, DataType
 from torchckpt.format.dtypes import DataType as DT
-from processes import run_isolated
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "tf"
 PREFIXES = sorted(p.with_name(p.name[:-len(".meta.json")]) for p in FIXTURES.glob("*/*.meta.json"))
@@ -130,7 +130,7 @@ def test_verify_detects_a_flipped_index_byte_and_a_missing_shard(capsys, tmp_pat
 @pytest.mark.parametrize("prefix", PREFIXES, ids=IDS)
 def test_convert_writes_safetensors(capsys, tmp_path, prefix: Path) -> None:
     out_file = tmp_path / "out.safetensors"
-    code, out, _ = run(capsys, "convert", prefix, "--to", out_file)
+    code, out, _ = run(capsys, "convert", prefix, "--raw", "--to", out_file)
     assert code == 0 and out.startswith("wrote ")
     loaded = load_file(str(out_file))
     want = expected(prefix)
@@ -152,7 +152,7 @@ def test_convert_with_an_assignment_map(capsys, tmp_path) -> None:
                                 ["classifier/fc_0/", "hidden"],
                                 ["classifier/out/(weights|biases)", r"out.\1"]]))
     out_file = tmp_path / "out.safetensors"
-    code, _, err = run(capsys, "convert", FIXTURES / "tf1_name_based", "--to", out_file,
+    code, _, err = run(capsys, "convert", FIXTURES / "tf1_name_based", "--raw", "--to", out_file,
                        "--assignment-map", amap)
     assert code == 0
     loaded = load_file(str(out_file))
@@ -221,7 +221,7 @@ def test_every_command_on_torchckpt_written_checkpoints(capsys, tmp_path) -> Non
         assert run(capsys, "inspect", prefix, "--all")[0] == 0
         assert run(capsys, "graph", prefix)[0] == 0
         assert run(capsys, "verify", prefix)[1].startswith("OK ")
-        assert run(capsys, "convert", prefix, "--to", tmp_path / "x.safetensors")[0] == 0
+        assert run(capsys, "convert", prefix, "--raw", "--to", tmp_path / "x.safetensors")[0] == 0
         assert load_file(str(tmp_path / "x.safetensors"))
         assert run(capsys, "diff", prefix, prefix)[0] == 0
     ours = _torchckpt_written(tmp_path / "again")[0]

@@ -129,6 +129,121 @@ def case_keras3(out: str) -> None:
     np.savez(os.path.join(out, "ref.npz"), x=x, y=np.asarray(model(x, training=False)))
 
 
+def _attention_case(out: str, K, seed: int, value_dim: int | None) -> None:
+    """A model holding one MultiHeadAttention (4 heads, key_dim 8, embed 32), self-attention."""
+    import tensorflow as tf
+    L = K.layers
+    inp = K.Input((5, 32))
+    model = K.Model(inp, L.MultiHeadAttention(num_heads=4, key_dim=8, value_dim=value_dim)(
+        inp, inp))
+    _randomize(model, seed)
+    x = np.random.default_rng(seed + 10).normal(size=(2, 5, 32)).astype("float32")
+    tf.train.Checkpoint(model=model).save(os.path.join(out, "ckpt"))
+    np.savez(os.path.join(out, "ref.npz"), x=x, y=np.asarray(model(x, training=False)))
+
+
+def case_mha_k2_vdim(out: str) -> None:
+    import tf_keras as K
+    _attention_case(out, K, 21, value_dim=6)
+
+
+def case_mha_k3(out: str) -> None:
+    import keras as K
+    _attention_case(out, K, 22, value_dim=None)
+
+
+def case_mha_k3_vdim(out: str) -> None:
+    import keras as K
+    _attention_case(out, K, 23, value_dim=6)
+
+
+def _cnn_layers(K):
+    """Conv2D(same) -> BN -> ReLU -> Conv2D -> Flatten -> Dense(relu) -> Dense on 6x5x3 input:
+    the Flatten sees 4 x 3 positions x 5 channels."""
+    L = K.layers
+    return [L.Conv2D(4, 3, padding="same"), L.BatchNormalization(), L.ReLU(), L.Conv2D(5, 3),
+            L.Flatten(), L.Dense(7, activation="relu"), L.Dense(3)]
+
+
+def _flatten_case(out: str, K, seed: int, kind: str) -> None:
+    import tensorflow as tf
+    layers = _cnn_layers(K)
+    if kind == "sequential":
+        model = K.Sequential([K.Input((6, 5, 3)), *layers])
+    elif kind == "functional":
+        inp = h = K.Input((6, 5, 3))
+        for layer in layers:
+            h = layer(h)
+        model = K.Model(inp, h)
+    else:  # subclassed: the object graph lists attributes, not the call order
+        class Net(K.Model):
+            def __init__(self) -> None:
+                super().__init__()
+                (self.conv1, self.bn, self.relu, self.conv2, self.flat, self.fc1,
+                 self.fc2) = layers
+
+            def call(self, x):
+                for layer in (self.conv1, self.bn, self.relu, self.conv2, self.flat, self.fc1,
+                              self.fc2):
+                    x = layer(x)
+                return x
+        model = Net()
+        model(np.zeros((1, 6, 5, 3), "float32"))
+    _randomize(model, seed)
+    x = np.random.default_rng(seed + 10).normal(size=(2, 6, 5, 3)).astype("float32")
+    tf.train.Checkpoint(model=model).save(os.path.join(out, "ckpt"))
+    np.savez(os.path.join(out, "ref.npz"), x=x, y=np.asarray(model(x, training=False)))
+
+
+def case_flatten_k2_seq(out: str) -> None:
+    import tf_keras as K
+    _flatten_case(out, K, 31, "sequential")
+
+
+def case_flatten_k2_fun(out: str) -> None:
+    import tf_keras as K
+    _flatten_case(out, K, 32, "functional")
+
+
+def case_flatten_k2_sub(out: str) -> None:
+    import tf_keras as K
+    _flatten_case(out, K, 33, "subclassed")
+
+
+def case_flatten_k3_seq(out: str) -> None:
+    import keras as K
+    _flatten_case(out, K, 34, "sequential")
+
+
+def case_flatten_k3_fun(out: str) -> None:
+    import keras as K
+    _flatten_case(out, K, 35, "functional")
+
+
+def case_iterator(out: str) -> None:
+    """A TF2 training checkpoint that tracks a tf.data iterator (a DT_VARIANT entry): a Keras 2
+    model after one Adam step on a batch taken from that iterator."""
+    import tensorflow as tf
+    import tf_keras as K
+    L = K.layers
+    model = K.Sequential([K.Input((4,)), L.Dense(5, activation="tanh"), L.Dense(2)])
+    _randomize(model, 41)
+    rng = np.random.default_rng(41)
+    data = tf.data.Dataset.from_tensor_slices((rng.normal(size=(12, 4)).astype("float32"),
+                                               rng.normal(size=(12, 2)).astype("float32")))
+    iterator = iter(data.batch(3))
+    opt = K.optimizers.Adam(0.01)
+    xb, yb = next(iterator)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(xb, training=True) - yb))
+    opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                            model.trainable_variables))
+    tf.train.Checkpoint(model=model, optimizer=opt, train_iterator=iterator).save(
+        os.path.join(out, "ckpt"))
+    x = rng.normal(size=(2, 4)).astype("float32")
+    np.savez(os.path.join(out, "ref.npz"), x=x, y=model(x, training=False).numpy())
+
+
 def _tf1_dense(tf1, x, scope, n_in, n_out, rng):
     with tf1.variable_scope(scope):
         w = tf1.get_variable("kernel", initializer=rng.normal(scale=0.3, size=(n_in, n_out))

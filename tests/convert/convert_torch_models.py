@@ -72,6 +72,90 @@ class Attention(nn.Module):
         return self.head(self.norm(x + a))
 
 
+class AttentionLinears(nn.Module):
+    """Keras MultiHeadAttention as torch code usually writes it: q, k, v and out Linears."""
+
+    def __init__(self, embed: int = 32, heads: int = 4, key_dim: int = 8,
+                 value_dim: int | None = None) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim or key_dim
+        self.q = nn.Linear(embed, heads * key_dim)
+        self.k = nn.Linear(embed, heads * key_dim)
+        self.v = nn.Linear(embed, heads * self.value_dim)
+        self.out = nn.Linear(heads * self.value_dim, embed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        q = self.q(x).view(n, t, self.heads, self.key_dim).transpose(1, 2)
+        k = self.k(x).view(n, t, self.heads, self.key_dim).transpose(1, 2)
+        v = self.v(x).view(n, t, self.heads, self.value_dim).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / self.key_dim ** 0.5, dim=-1)
+        return self.out((weights @ v).transpose(1, 2).reshape(n, t, -1))
+
+
+class AttentionLinearsBlock(nn.Module):
+    """``Attention`` with the attention written as four Linears (the ``attention`` case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = AttentionLinears(8, 2, 4)
+        self.norm = nn.LayerNorm(8, eps=1e-3)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x + self.attn(x)))
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention(32, 4) used as self-attention (the ``mha_k3`` case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+class FlattenCNN(nn.Module):
+    """Conv(same) -> BN -> ReLU -> Conv -> flatten -> Linear -> ReLU -> Linear (``flatten_*``).
+
+    ``channels_last``: permute to [N, H, W, C] before flattening, as Keras does;
+    otherwise ``torch.flatten`` of [N, C, H, W].
+    """
+
+    def __init__(self, channels_last: bool = False) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4, eps=1e-3)
+        self.conv2 = nn.Conv2d(4, 5, 3)
+        self.fc1 = nn.Linear(60, 7)
+        self.fc2 = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: NHWC like Keras
+        h = self.conv2(torch.relu(self.bn(self.conv1(x.permute(0, 3, 1, 2)))))
+        h = torch.flatten(h.permute(0, 2, 3, 1) if self.channels_last else h, 1)
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+class IteratorNet(nn.Module):
+    """Dense(tanh) -> Dense (the ``iterator`` case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.fc(x)))
+
+
+def flatten_cnn_channels_last() -> FlattenCNN:
+    """A factory for ``torchckpt convert --model``."""
+    return FlattenCNN(channels_last=True)
+
+
 class Keras3Model(nn.Module):
     def __init__(self) -> None:
         super().__init__()

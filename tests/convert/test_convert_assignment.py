@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convert_helpers import rand, write_name_based, write_object_based
 from torch import nn
 
-from convert_helpers import rand, write_name_based, write_object_based
 from torchckpt.convert import load_tf_weights, parse_assignment_map, rename
-from torchckpt.errors import AssignmentMapError
+from torchckpt.errors import AssignmentMapError, ConversionError
 
 
 def test_rename_follows_init_from_checkpoint_rules() -> None:
@@ -79,3 +79,41 @@ def test_two_keys_for_one_role_are_reported(tmp_path) -> None:
     assert report.unmatched_checkpoint == {
         "b/kernel": "pattern '(a|b)/kernel': 'a/kernel' already gives role 'kernel' of "
                     "'(root)' (Linear)"}
+
+
+def test_patterns_match_printed_keys_and_short_names_alike(tmp_path) -> None:
+    kernel, bias = rand(3, 2), rand(2)
+    prefix = write_object_based(tmp_path / "m", {"net": {"fc": {"kernel": kernel, "bias": bias}}})
+    for amap in ({"net/fc/kernel/.ATTRIBUTES/VARIABLE_VALUE": "0.weight",  # as list_variables
+                  "net/fc/bias": "0.bias"},  # short name
+                 {r"net/fc/(kernel|bias)/\.ATTRIBUTES/VARIABLE_VALUE": r"0.\1"},
+                 {"net/fc/": "0"}):  # a scope matches the short name's prefix
+        model = nn.Sequential(nn.Linear(3, 2))
+        report = load_tf_weights(model, prefix, assignment_map=amap)
+        assert report.ok and not report.warnings, amap
+        np.testing.assert_array_equal(model[0].weight.detach().numpy(), kernel.T)
+    rules = parse_assignment_map({"net/fc/kernel/.ATTRIBUTES/VARIABLE_VALUE": "w"})
+    assert rename(rules, "net/fc/kernel/.ATTRIBUTES/VARIABLE_VALUE") == "w"
+
+
+def test_map_matching_nothing_names_the_closest_keys(tmp_path) -> None:
+    prefix = write_object_based(tmp_path / "m", {"net": {"fc": {"kernel": rand(3, 2)}}})
+    with pytest.raises(AssignmentMapError) as info:
+        load_tf_weights(nn.Linear(3, 2), prefix, strict=False,
+                        assignment_map={"net/fc/kernel/VARIABLE_VALUE": "weight"})
+    assert "matches no checkpoint key" in str(info.value)
+    assert "closest keys 'net/fc/kernel/.ATTRIBUTES/VARIABLE_VALUE'" in str(info.value)
+
+
+def test_dead_pattern_is_a_warning_and_unassigned_names_get_suggestions(tmp_path) -> None:
+    prefix = write_name_based(tmp_path / "m", {"enc/fc/kernel": rand(3, 2),
+                                               "enc/fc/bias": rand(2), "head/kernel": rand(2, 2)})
+    model = nn.ModuleDict({"fc": nn.Linear(3, 2), "head": nn.Linear(2, 2)})
+    with pytest.warns(UserWarning, match="pattern 'enc/nothing' matches no checkpoint key"):
+        report = load_tf_weights(model, prefix, strict=False,
+                                 assignment_map=[("enc/fc/", "fc"), ("enc/nothing", "x")])
+    assert report.unmatched_module["head.weight"].endswith(
+        "(closest unmatched keys: 'head/kernel')")
+    with pytest.raises(ConversionError, match=r"head.weight: .*closest unmatched keys: "
+                                              r"'head/kernel'"):
+        load_tf_weights(model, prefix, assignment_map=[("enc/fc/", "fc")])

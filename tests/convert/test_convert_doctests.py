@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import doctest
 
+from convert_helpers import rand, write_object_based
+
 import torchckpt.convert
 import torchckpt.convert.registry
-from convert_helpers import rand, write_object_based
 
 
 def test_docstring_examples(tmp_path) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from convert_helpers import FIXTURES, fixture_arrays, rel_error
 from torch import nn
 
-from convert_helpers import FIXTURES, fixture_arrays, rel_error
 from torchckpt.convert import load_tf_weights
 
 KERAS2 = FIXTURES / "keras2_adam"

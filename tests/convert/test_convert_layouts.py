@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from convert_helpers import rand, write_name_based, write_object_based
 from torch import nn
 
-from convert_helpers import rand, write_name_based, write_object_based
 from torchckpt.convert import Layout, default_layouts, load_tf_weights
 from torchckpt.convert.transforms import TRANSPOSE
 
@@ -142,3 +142,18 @@ def test_custom_layout_registration(tmp_path) -> None:
     report = load_tf_weights(model, prefix, layouts=registry)
     assert report.transforms == {"gain": "transpose(1, 0)"}
     assert default_layouts().lookup(model) is None  # the default registry is untouched
+
+
+@pytest.mark.parametrize("shape, n_in, n_out, described", [
+    ((32, 4, 8), 32, 32, "reshape [32, 4, 8] to [32, 32] + transpose(1, 0)"),  # q/k/v kernel
+    ((4, 6, 32), 24, 32, "reshape [4, 6, 32] to [24, 32] + transpose(1, 0)"),  # output kernel
+    ((1, 1, 5, 7), 5, 7, "reshape [1, 1, 5, 7] to [5, 7] + transpose(1, 0)"),  # a 1x1 conv
+])
+def test_linear_takes_kernels_that_fold_into_in_out(tmp_path, shape, n_in, n_out,
+                                                    described) -> None:
+    kernel = rand(*shape)
+    prefix = write_object_based(tmp_path / "c", {"layer": {"kernel": kernel}})
+    linear = nn.Linear(n_in, n_out, bias=False)
+    report = load_tf_weights(linear, prefix)
+    assert report.transforms["weight"] == described
+    np.testing.assert_array_equal(linear.weight.detach().numpy(), kernel.reshape(n_in, n_out).T)

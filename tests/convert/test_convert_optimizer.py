@@ -8,12 +8,12 @@ TF's final weights within 1e-5.
 
 from __future__ import annotations
 
+import convert_torch_models as T
 import numpy as np
 import pytest
 import torch
-
-import convert_torch_models as T
 from convert_tf_models import M_STEPS, N_STEPS
+
 from torchckpt.convert import load_tf_weights
 
 pytestmark = pytest.mark.tf

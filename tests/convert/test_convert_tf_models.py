@@ -10,12 +10,12 @@ graph with BERT-style names and a TF1 LSTMCell kernel, with an assignment map.
 
 from __future__ import annotations
 
+import convert_torch_models as T
 import numpy as np
 import pytest
 import torch
-
-import convert_torch_models as T
 from convert_helpers import rel_error
+
 from torchckpt.convert import load_tf_weights
 
 pytestmark = pytest.mark.tf

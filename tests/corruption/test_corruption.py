@@ -20,9 +20,14 @@ import torch
 import torchckpt
 from golden_data import BY_ID
 from rewrite import write_raw_index
-from torchckpt.errors import (CheckpointNotFoundError, ChecksumMismatchError,
-                              CorruptCheckpointError, KeyNotFoundError, TorchckptError,
-                              UnsupportedFormatError)
+from torchckpt.errors import (
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    KeyNotFoundError,
+    TorchckptError,
+    UnsupportedFormatError,
+)
 from torchckpt.format import BundleReader, BundleWriter, DataType, _crc32c
 from torchckpt.format._coding import put_varint
 from torchckpt.format.records import BundleEntry, BundleHeader, Extent, TensorSlice

@@ -21,13 +21,13 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
+import hostile
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hostile
 import torchckpt
 from torchckpt import cli
 from torchckpt.errors import TorchckptError, UnmatchedError
@@ -39,8 +39,15 @@ from torchckpt.format.slices import encode_slice_key
 from torchckpt.format.strings import _fixed_len, decode_strings, encode_strings
 from torchckpt.format.table import max_key_bytes
 from torchckpt.graph.keys import OPTIMIZER_SLOT_NAME
-from torchckpt.graph.object_graph import (PATH_NAMES_SHOWN, Attribute, ChildRef, GraphNode,
-                                          ObjectGraph, SlotRef, readable_path)
+from torchckpt.graph.object_graph import (
+    PATH_NAMES_SHOWN,
+    Attribute,
+    ChildRef,
+    GraphNode,
+    ObjectGraph,
+    SlotRef,
+    readable_path,
+)
 
 SECONDS_PER_EXAMPLE = 10.0  # generous: the quadratic versions took minutes on these sizes
 MIB = 1 << 20

@@ -20,11 +20,11 @@ import tracemalloc
 from dataclasses import dataclass
 from typing import Callable
 
+import hostile
 import numpy as np
 import pytest
 import torch
 
-import hostile
 import torchckpt
 from golden_data import GOLDENS
 from processes import run_isolated

@@ -25,14 +25,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
 
 # Imported here, before forking, so that the ranks share it instead of each importing
 # ~800 modules when the first DistributedDataParallel is built (seconds on 2 cores).
 import torch._dynamo  # noqa: F401,E402
+import torch.distributed as dist
 import torch.distributed.fsdp  # noqa: F401,E402
 import torch.distributed.tensor  # noqa: F401,E402
+from torch import nn
 
 from torchckpt.distributed.layout import is_dtensor
 from torchckpt.saving import plan_save

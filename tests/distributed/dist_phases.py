@@ -17,6 +17,11 @@ Phases (each a fresh process group):
   rank 1 is SIGKILLed while writing its data file; then one in which rank 0 is
   SIGKILLed after every data file is durable and before the index; then a fresh
   group restores the latest and saves ``ckpt-2`` again.
+* ``manager``: 2 ranks, each with a ``CheckpointManager(max_to_keep=2)`` on
+  ``manager/``, save three times, recording after each save what each rank's
+  manager lists and which rank wrote the state file or deleted anything; then
+  a save of ``ckpt-4`` in which rank 1 is SIGKILLed while writing its data
+  file; then a fresh group resumes the latest and saves ``ckpt-4``.
 """
 
 from __future__ import annotations
@@ -28,11 +33,21 @@ import time
 from typing import Any, Callable
 
 import torch
-from dist_harness import (ddp_model, dt_module, dump, fsdp_model, measure_shard_writes,
-                          run_group, train, write_json)
+from dist_harness import (
+    ddp_model,
+    dt_module,
+    dump,
+    fsdp_model,
+    measure_shard_writes,
+    run_group,
+    train,
+    write_json,
+)
 from torch import nn
 
-from torchckpt import Checkpoint
+import torchckpt
+from torchckpt import Checkpoint, CheckpointManager
+
 
 def _save4(rank: int, world: int, workdir: str) -> None:
     undo = measure_shard_writes(workdir, "save4", rank)
@@ -147,22 +162,26 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _arm_kill_in_add() -> None:
+    """Make this rank die after the first tensor of its data file went to disk."""
+    from torchckpt.format import BundleWriter
+
+    original = BundleWriter.add
+
+    def add(self: BundleWriter, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        for f in list(getattr(self, "_files", {}).values()):  # some bytes reach the file
+            f.flush()
+        _kill_self()
+        return out
+    BundleWriter.add = add  # type: ignore[method-assign]
+
+
 def _crash_writer(rank: int, world: int, workdir: str) -> None:
     """Rank 1 dies after the first tensor of its data file went to disk."""
     def arm() -> None:
-        if rank != 1:
-            return
-        from torchckpt.format import BundleWriter
-
-        original = BundleWriter.add
-
-        def add(self: BundleWriter, *args: Any, **kwargs: Any) -> Any:
-            out = original(self, *args, **kwargs)
-            for f in list(getattr(self, "_files", {}).values()):  # some bytes reach the file
-                f.flush()
-            _kill_self()
-            return out
-        BundleWriter.add = add  # type: ignore[method-assign]
+        if rank == 1:
+            _arm_kill_in_add()
     _attempt(rank, workdir, "crash_writer", arm)
 
 
@@ -190,6 +209,77 @@ def _crash_recover(rank: int, world: int, workdir: str) -> None:
     dump(ckpt, workdir, "crash2", rank)
     if rank == 0:
         write_json(workdir, "crash_recover.json", {"saved": path})
+
+
+# CheckpointManager with several ranks: agreement, ownership of the directory, a crash
+
+def _manager(rank: int, workdir: str) -> tuple[Checkpoint, CheckpointManager, nn.Module,
+                                                torch.optim.Optimizer]:
+    ddp, inner = ddp_model(seed=51)
+    opt = torch.optim.Adam(ddp.parameters(), lr=0.01)
+    ckpt = Checkpoint(model=inner, optimizer=opt, rng=torchckpt.RNGState())
+    return ckpt, CheckpointManager(ckpt, os.path.join(workdir, "manager"), max_to_keep=2), ddp, opt
+
+
+def _view(manager: CheckpointManager) -> dict[str, Any]:
+    return {"latest": manager.latest_checkpoint and os.path.basename(manager.latest_checkpoint),
+            "checkpoints": [os.path.basename(p) for p in manager.checkpoints]}
+
+
+def _log_file_changes() -> list[list[str]]:
+    """Record the state-file writes and checkpoint deletions this rank's managers make."""
+    import torchckpt.manager as manager_module
+
+    log: list[list[str]] = []
+    write_state, delete = manager_module.write_state, manager_module._delete_checkpoint
+
+    def logged_write_state(directory: str, path: str, *args: Any, **kwargs: Any) -> None:
+        log.append(["write_state", os.path.basename(path)])
+        write_state(directory, path, *args, **kwargs)
+
+    def logged_delete(directory: str, prefix: str) -> None:
+        log.append(["delete", os.path.basename(prefix)])
+        delete(directory, prefix)
+    manager_module.write_state = logged_write_state  # type: ignore[assignment]
+    manager_module._delete_checkpoint = logged_delete  # type: ignore[assignment]
+    return log
+
+
+def _manager_saves(rank: int, world: int, workdir: str) -> None:
+    changes = _log_file_changes()
+    ckpt, manager, ddp, opt = _manager(rank, workdir)
+    views = []
+    for _ in range(3):
+        train(ddp, opt, rank, steps=1)
+        manager.save()
+        views.append(_view(manager))
+    write_json(workdir, f"manager_saves-{rank}.json", {"views": views, "changes": changes})
+
+
+def _manager_crash(rank: int, world: int, workdir: str) -> None:
+    """Rank 1 dies after part of its data file of ``ckpt-4`` went to disk."""
+    ckpt, manager, ddp, opt = _manager(rank, workdir)
+    ckpt.restore(manager.latest_checkpoint).assert_consumed()
+    train(ddp, opt, rank, steps=1)
+    if rank == 1:
+        _arm_kill_in_add()
+    try:
+        manager.save()
+        outcome: dict[str, Any] = {"raised": None}
+    except Exception as exc:  # noqa: BLE001 - the point of the phase
+        outcome = {"raised": type(exc).__name__, "message": str(exc)[:500]}
+    write_json(workdir, f"manager_crash-{rank}.json", {**outcome, **_view(manager)})
+    os._exit(0)  # the group is broken: skip the final barrier
+
+
+def _manager_recover(rank: int, world: int, workdir: str) -> None:
+    ckpt, manager, ddp, opt = _manager(rank, workdir)
+    restored = manager.restore_or_initialize()
+    train(ddp, opt, rank, steps=1)
+    path = manager.save()
+    write_json(workdir, f"manager_recover-{rank}.json",
+               {"restored": os.path.basename(restored or ""), "saved": os.path.basename(path),
+                **_view(manager)})
 
 
 def _failing_save(rank: int, workdir: str, name: str, prefix: str) -> None:
@@ -222,11 +312,11 @@ def _write_error(rank: int, world: int, workdir: str) -> None:
     _failing_save(rank, workdir, "write_error", os.path.join(workdir, "write_error", "ckpt"))
 
 
-def _directory_state(workdir: str) -> dict[str, Any]:
-    """What a reader of the crash directory sees now (read by the launcher, not a rank)."""
+def _directory_state(workdir: str, name: str) -> dict[str, Any]:
+    """What a reader of a checkpoint directory sees now (read by the launcher, not a rank)."""
     from torchckpt.format import latest_checkpoint
 
-    directory = os.path.join(workdir, "crash")
+    directory = os.path.join(workdir, name)
     return {"latest": latest_checkpoint(directory), "files": sorted(os.listdir(directory))}
 
 
@@ -240,6 +330,9 @@ PHASES: dict[str, tuple[int, Callable[..., None]]] = {
     "crash_writer": (2, _crash_writer),
     "crash_committer": (2, _crash_committer),
     "crash_recover": (2, _crash_recover),
+    "manager_saves": (2, _manager_saves),
+    "manager_crash": (2, _manager_crash),
+    "manager_recover": (2, _manager_recover),
 }
 
 
@@ -252,8 +345,9 @@ def main(argv: list[str]) -> int:
         start = time.monotonic()
         codes[name] = {"exit": run_group(world, target, (workdir,), workdir),
                        "seconds": round(time.monotonic() - start, 2)}
-        if name.startswith("crash"):
-            write_json(workdir, f"after-{name}.json", _directory_state(workdir))
+        if name.startswith(("crash", "manager")):
+            directory = "crash" if name.startswith("crash") else "manager"
+            write_json(workdir, f"after-{name}.json", _directory_state(workdir, directory))
         write_json(workdir, "phases.json", codes)
     return 0
 

@@ -1,4 +1,5 @@
-"""Acceptance (d): a rank killed mid-save leaves the previous checkpoint latest and intact.
+"""A rank killed mid-save leaves the previous checkpoint latest and intact; with several
+ranks, ``CheckpointManager`` is owned by rank 0 and every rank's view agrees.
 
 Two crashes in the same directory, then recovery (see ``dist_phases``):
 
@@ -9,6 +10,12 @@ After each, ``latest`` still names ``ckpt-1`` and ``ckpt-2`` has no index; the
 surviving rank raised within seconds (gloo notices the closed connection; the
 process group's timeout bounds a hung peer). A new group then restores the
 latest (bit-exactly ``ckpt-1``) and saves ``ckpt-2`` over the leftovers.
+
+The same with ``CheckpointManager`` on every rank (``manager`` phases): rank 0
+alone writes the state file and deletes, every rank lists the same
+checkpoints after each save, a rank killed mid-save leaves the previous
+checkpoint as the latest on disk and in the survivor's manager, and the next
+group resumes from it and saves over the leftovers.
 """
 
 from __future__ import annotations
@@ -93,3 +100,42 @@ def test_a_failed_write_fails_every_rank(dist_run) -> None:
     files = os.listdir(os.path.join(dist_run.workdir, "write_error"))
     assert "ckpt.index" not in files
     assert not any(".tempstate" in f for f in files), files  # rank 1 removed its temporary
+
+
+def test_manager_ranks_agree_and_rank0_owns_the_directory(dist_run) -> None:
+    dist_run.check("manager_saves")
+    ranks = [dist_run.json(f"manager_saves-{rank}.json") for rank in range(2)]
+    assert ranks[0]["views"] == ranks[1]["views"] == [
+        {"latest": "ckpt-1", "checkpoints": ["ckpt-1"]},
+        {"latest": "ckpt-2", "checkpoints": ["ckpt-1", "ckpt-2"]},
+        {"latest": "ckpt-3", "checkpoints": ["ckpt-2", "ckpt-3"]}]
+    assert ranks[1]["changes"] == []  # rank 1 never touched the state file or deleted
+    changes = ranks[0]["changes"]
+    assert [c for c in changes if c[0] == "write_state"] == [
+        ["write_state", "ckpt-1"], ["write_state", "ckpt-2"], ["write_state", "ckpt-3"]]
+    assert changes[-2:] == [["write_state", "ckpt-3"], ["delete", "ckpt-1"]]  # after, not before
+    state = dist_run.json("after-manager_saves.json")
+    assert state["latest"] == os.path.join(dist_run.workdir, "manager", "ckpt-3")
+    assert not any(f.startswith("ckpt-1.") for f in state["files"])
+
+
+def test_manager_rank_killed_mid_save_keeps_the_previous_latest(dist_run) -> None:
+    dist_run.check("manager_saves", "manager_crash")
+    survivor = dist_run.json("manager_crash-0.json")
+    assert survivor["raised"] == "DistributedCheckpointError", survivor
+    assert survivor["latest"] == "ckpt-3" and survivor["checkpoints"] == ["ckpt-2", "ckpt-3"]
+    state = dist_run.json("after-manager_crash.json")
+    assert state["latest"] == os.path.join(dist_run.workdir, "manager", "ckpt-3")
+    assert "ckpt-4.index" not in state["files"] and "ckpt-3.index" in state["files"]
+
+
+def test_manager_resumes_after_the_crash_and_cleans_up(dist_run) -> None:
+    dist_run.check("manager_saves", "manager_crash", "manager_recover")
+    for rank in range(2):
+        assert dist_run.json(f"manager_recover-{rank}.json") == {
+            "restored": "ckpt-3", "saved": "ckpt-4", "latest": "ckpt-4",
+            "checkpoints": ["ckpt-3", "ckpt-4"]}
+    state = dist_run.json("after-manager_recover.json")
+    assert state["files"] == ["checkpoint"] + [
+        f"ckpt-{n}.{part}" for n in (3, 4)
+        for part in ("data-00000-of-00002", "data-00001-of-00002", "index")]

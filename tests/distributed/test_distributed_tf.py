@@ -1,9 +1,11 @@
-"""Acceptance (b): TensorFlow reads the merged multi-shard checkpoints as one checkpoint.
+"""TensorFlow reads the merged multi-shard checkpoints as one checkpoint.
 
 ``tf.train.load_checkpoint`` must list every logical tensor with its full
 shape (slice keys hidden) and ``get_tensor`` must return the full value,
 reassembled from the ranks' slices, equal bit for bit to the values the ranks
-held. TensorFlow runs in a subprocess, away from the torch process.
+held; per-rank values (``rng/rank_1_of_2/...``) are listed under their readable
+keys, each equal to what its rank held. TensorFlow runs in a subprocess, away
+from the torch process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 
 import pytest
+
 from processes import run_isolated
 
 CHECK = r"""
@@ -41,22 +44,37 @@ for prefix, dump in json.loads(sys.argv[1]):
         if list(shapes.get(key, [])) != list(value.shape) or got.shape != value.shape \
                 or got.tobytes() != value.tobytes():
             problems.append(f"{key}: TF {got.dtype}{got.shape}, ranks {value.dtype}{value.shape}")
-    out[prefix] = problems
+    out[dump] = problems
 print(json.dumps(out))
 """
+
+
+def _tensorflow_check(cases: list[tuple[str, str]]) -> None:
+    """Each ``(prefix, dump)``: every tensor of the dump is in TF's view of the prefix."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = run_isolated([sys.executable, "-c", CHECK, json.dumps(cases)], env=env,
+                          timeout=240)
+    if proc.returncode != 0:
+        pytest.fail(f"TensorFlow could not read the checkpoints (is tensorflow-cpu installed? "
+                    f"`pip install -e .[test]`):\n{proc.stderr[-4000:]}", pytrace=False)
+    problems = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert problems == {dump: [] for _, dump in cases}
 
 
 @pytest.mark.tf
 def test_tensorflow_reads_merged_checkpoints(dist_run) -> None:
     dist_run.check("save4", "on2")
     w = str(dist_run.workdir)
-    cases = [(os.path.join(w, name, f"ckpt-{n}"), os.path.join(w, name))
-             for name, n in (("ddp4", 1), ("fsdp4", 1), ("dt4", 1), ("fsdp2", 2))]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    proc = run_isolated([sys.executable, "-c", CHECK, json.dumps(cases)], env=env,
-                        timeout=240)
-    if proc.returncode != 0:
-        pytest.fail(f"TensorFlow could not read the checkpoints (is tensorflow-cpu installed? "
-                    f"`pip install -e .[test]`):\n{proc.stderr[-4000:]}", pytrace=False)
-    problems = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert problems == {prefix: [] for prefix, _ in cases}
+    _tensorflow_check([(os.path.join(w, name, f"ckpt-{n}"), os.path.join(w, name))
+                       for name, n in (("ddp4", 1), ("fsdp4", 1), ("dt4", 1), ("fsdp2", 2))])
+
+
+@pytest.mark.tf
+def test_tensorflow_reads_per_rank_values(resume_run) -> None:
+    resume_run.check("ddp_full", "fsdp_full")
+    w = resume_run.workdir
+    cases = []
+    for parallel in ("ddp", "fsdp"):
+        prefix = resume_run.json(f"{parallel}_full-0.log.json")["latest"]
+        cases += [(prefix, str(w / f"{parallel}_full-{rank}.log.values")) for rank in range(2)]
+    _tensorflow_check(cases)

@@ -16,8 +16,15 @@ from torchckpt.format._coding import DecodeError
 from torchckpt.format.block import BlockBuilder, iter_block
 from torchckpt.format.bundle_writer import write_index
 from torchckpt.format.records import BundleEntry
-from torchckpt.format.table import (FOOTER_SIZE, BlockHandle, Footer, TableBuilder, iter_table,
-                                    short_successor, shortest_separator)
+from torchckpt.format.table import (
+    FOOTER_SIZE,
+    BlockHandle,
+    Footer,
+    TableBuilder,
+    iter_table,
+    short_successor,
+    shortest_separator,
+)
 
 
 def _random_items(n: int, seed: int, *, key_len: int = 24,

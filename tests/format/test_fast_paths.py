@@ -14,8 +14,8 @@ import gc
 import io
 import os
 import random
-import weakref
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -23,8 +23,12 @@ import pytest
 from torchckpt.errors import ChecksumMismatchError, CorruptCheckpointError, KeyNotFoundError
 from torchckpt.format import BundleReader, BundleWriter, _crc32c, _io
 from torchckpt.format._coding import DecodeError
-from torchckpt.format._fast_entries import (decode_plain, plain_entry, plain_location,
-                                            plain_locations)
+from torchckpt.format._fast_entries import (
+    decode_plain,
+    plain_entry,
+    plain_location,
+    plain_locations,
+)
 from torchckpt.format.dtypes import FIXED_WIDTH, DataType
 from torchckpt.format.records import BundleEntry, Extent, TensorSlice, encode_entries
 from torchckpt.format.table import TableBuilder, iter_table

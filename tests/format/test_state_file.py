@@ -8,8 +8,13 @@ import pytest
 
 from golden_data import DATA
 from torchckpt.errors import CorruptCheckpointError
-from torchckpt.format.state_file import (CheckpointState, parse_state, read_state, render_state,
-                                         write_state)
+from torchckpt.format.state_file import (
+    CheckpointState,
+    parse_state,
+    read_state,
+    render_state,
+    write_state,
+)
 
 
 def test_render_reproduces_tf_text() -> None:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 import pytest
+
 from processes import run_isolated
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "meta_rss_script.py")

@@ -16,8 +16,14 @@ import weakref
 
 import pytest
 import torch
-from lazy_helpers import (assert_optimizer_state_equal, assert_state_equal, batch, make,
-                          train_steps, trained)
+from lazy_helpers import (
+    assert_optimizer_state_equal,
+    assert_state_equal,
+    batch,
+    make,
+    train_steps,
+    trained,
+)
 from torch import nn
 from torch.nn.modules import module as torch_module
 

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 from processes import run_isolated
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_script.py")

@@ -12,6 +12,7 @@ import torch
 from resume_helpers import seed_everything, through_checkpoint_encoding
 
 import torchckpt
+from processes import run_isolated
 from torchckpt.errors import TorchckptError
 
 
@@ -67,7 +68,6 @@ def test_malformed_state_is_a_torchckpt_error():
 
 _CUDA_CHILD = """
 import torch, torchckpt
-from processes import run_isolated
 assert torch.cuda.is_available()
 rng = torchckpt.RNGState()
 sd = rng.state_dict()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, cast
 
-import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 from torch.nn.modules.lazy import LazyModuleMixin

@@ -23,8 +23,19 @@ import torch
 from torch.optim import lr_scheduler, swa_utils
 
 from ..errors import InvalidValueError
-from .schema import (Rule, Schema, as_int, check_state, choice, counter, each, plain, real,
-                     refuse, scalar_or_each)
+from .schema import (
+    Rule,
+    Schema,
+    as_int,
+    check_state,
+    choice,
+    counter,
+    each,
+    plain,
+    real,
+    refuse,
+    scalar_or_each,
+)
 
 # torch hands hyperparameters to float32 kernels as scalars: a larger one is an error
 # there ("value cannot be converted to type float without overflow"), at the first step

@@ -146,7 +146,7 @@ def tensor_to_buffer(t: torch.Tensor) -> memoryview:
         t = t.view(_BITS_VIEW[t.element_size()])
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.numpy()).cast("B")
+    return memoryview(t.numpy()).cast("B")  # type: ignore[arg-type, unused-ignore]
 
 
 def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:

@@ -17,24 +17,43 @@ How values are paired:
   torch module names (``classifier/fc_0/weights`` -> ``classifier.fc_0.weight``),
   as with the map ``{"/": ""}``.
 
+The kernel rows of a Dense that reads a Keras ``Flatten`` of a convolution's
+channels-last output are reordered for ``torch.flatten`` (:mod:`.flatten`).
+
 Internal modules, no stability guarantee; the public names are the ones below.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ConversionError
-from .assignment import AssignmentMap, AssignmentResolver, parse_assignment_map, rename
+from .assignment import (
+    AssignmentMap,
+    AssignmentResolver,
+    check_rules_used,
+    closest_to_name,
+    parse_assignment_map,
+    rename,
+)
+from .export import save_state_dict
+from .flatten import FLATTEN_ORDERS, FlattenOrder, check_flatten_order, plan_flatten
 from .keras_layers import GraphLayout, find_weight_groups
 from .layouts import Layout
-from .optimizer_state import (OptimizerPlan, SlotIndex, apply_optimizer, index_graph,
-                              index_name_based, plan_optimizer)
-from .plan import Plan, apply, match_in_order, target_units
+from .optimizer_state import (
+    OptimizerPlan,
+    SlotIndex,
+    apply_optimizer,
+    index_graph,
+    index_name_based,
+    plan_optimizer,
+)
+from .plan import Plan, Unit, apply, match_in_order, target_units
 from .registry import LayoutRegistry, default_layouts
 from .report import ConversionReport, Match, Mismatch
 from .source import Source, not_a_weight
@@ -42,13 +61,18 @@ from .transforms import Transform
 
 __all__ = ["load_tf_weights", "convert_tf_checkpoint", "ConversionReport", "Match", "Mismatch",
            "Layout", "LayoutRegistry", "Transform", "default_layouts", "parse_assignment_map",
-           "rename"]
+           "rename", "save_state_dict", "FLATTEN_ORDERS"]
+
+# Unmatched torch names that get "closest keys" suggestions in a strict failure (each costs
+# a similarity scan over the unmatched keys).
+_SUGGESTED = 20
 
 
 def load_tf_weights(module: nn.Module, path: str | os.PathLike[str], *,
                     assignment_map: AssignmentMap | None = None, strict: bool = True,
                     optimizer: torch.optim.Optimizer | None = None,
-                    layouts: LayoutRegistry | None = None) -> ConversionReport:
+                    layouts: LayoutRegistry | None = None,
+                    flatten_order: FlattenOrder = "channels_first") -> ConversionReport:
     """Load a TensorFlow checkpoint into ``module`` (and its optimizer's state).
 
     Everything is planned and checked before anything is written: with
@@ -71,14 +95,27 @@ def load_tf_weights(module: nn.Module, path: str | os.PathLike[str], *,
             ``square_avg``), converted like their weights.
         layouts: the layout registry (default: :func:`default_layouts`); register
             a :class:`Layout` there for custom modules.
+        flatten_order: how the torch model flattens a convolution's output before
+            a Linear. ``"channels_first"`` (default): ``torch.flatten`` of
+            ``[N, C, H, W]``, so the rows of a Dense kernel that the object graph
+            shows reading a Keras ``Flatten`` (Keras Sequential and Functional
+            models) are reordered from Keras' (H, W, C) order to (C, H, W).
+            ``"channels_last"``: the torch model permutes to ``[N, H, W, C]``
+            before flattening, as Keras does; rows are kept. A dict
+            ``{linear_module_name: order}`` decides per Linear, and also where the
+            graph cannot tell (subclassed models, which get a warning instead).
 
     Returns:
         The :class:`ConversionReport`: matched pairs with their transforms,
-        unmatched names on each side, skipped keys and notes.
+        unmatched names on each side, skipped keys, notes, and warnings (each
+        also issued as a ``UserWarning``: outputs may differ although names matched).
 
     Raises:
-        ConversionError: ``strict`` and something is unmatched; the message lists it.
-        AssignmentMapError: the assignment map is malformed.
+        ConversionError: ``strict`` and something is unmatched; the message lists it,
+            with the closest checkpoint keys of unmatched torch names; or
+            ``flatten_order`` is not a valid order.
+        AssignmentMapError: the assignment map is malformed, or none of its
+            patterns matches a checkpoint key (the message names the closest keys).
         CheckpointNotFoundError, CorruptCheckpointError: the checkpoint cannot be read.
 
     Example:
@@ -90,9 +127,14 @@ def load_tf_weights(module: nn.Module, path: str | os.PathLike[str], *,
         'transpose(1, 0)'
     """
     registry = layouts if layouts is not None else default_layouts()
+    check_flatten_order(flatten_order)
     with Source(path) as source:
-        plan, index, optimizer_keys, mode = _plan(module, source, assignment_map, registry)
+        units = target_units(module, registry)
+        plan, index, optimizer_keys, mode = _plan(module, units, source, assignment_map)
+        plan_flatten(plan, units, source.graph, flatten_order)
         plan.check_dtypes(module)
+        if mode != "keras":
+            _suggest_keys(plan)
         opt_plan = (plan_optimizer(optimizer, module, plan.assignments, index, source)
                     if optimizer is not None else None)
         report = _report(source.prefix, mode, plan)
@@ -108,12 +150,13 @@ def load_tf_weights(module: nn.Module, path: str | os.PathLike[str], *,
         apply(module, plan.assignments, source)
         if optimizer is not None and opt_plan is not None:
             apply_optimizer(optimizer, opt_plan, source)
+    for text in report.warnings:  # outputs may differ although every name matched
+        warnings.warn(text, UserWarning, stacklevel=2)
     return report
 
 
-def _plan(module: nn.Module, source: Source, assignment_map: AssignmentMap | None,
-          registry: LayoutRegistry) -> tuple[Plan, SlotIndex, list[str], str]:
-    units = target_units(module, registry)
+def _plan(module: nn.Module, units: list[Unit], source: Source,
+          assignment_map: AssignmentMap | None) -> tuple[Plan, SlotIndex, list[str], str]:
     plan = Plan()
     if source.graph is not None:
         layout = find_weight_groups(source)
@@ -134,6 +177,8 @@ def _plan(module: nn.Module, source: Source, assignment_map: AssignmentMap | Non
     resolver = AssignmentResolver(module, units, rules)
     for key in candidates:
         resolver.offer(source.vars[key], plan)
+    if assignment_map is not None:
+        plan.warnings += check_rules_used(rules, list(source.vars))
     resolver.plan_units(plan)
     return plan, index, optimizer_keys, "assignment_map" if assignment_map is not None else "names"
 
@@ -145,6 +190,15 @@ def _weights(source: Source, layout: GraphLayout | None,
     return [k for k, v in source.vars.items() if v.is_float and k not in excluded]
 
 
+def _suggest_keys(plan: Plan) -> None:
+    """Name the closest unmatched checkpoint keys of the first unmatched torch names."""
+    keys = list(plan.unmatched_checkpoint)
+    if not keys:
+        return
+    for name in list(plan.unmatched_module)[:_SUGGESTED]:
+        plan.unmatched_module[name] += f" (closest unmatched keys: {closest_to_name(name, keys)})"
+
+
 def _report(prefix: str, mode: str, plan: Plan) -> ConversionReport:
     return ConversionReport(
         path=prefix, mode=mode,
@@ -152,7 +206,8 @@ def _report(prefix: str, mode: str, plan: Plan) -> ConversionReport:
                  for a in plan.assignments],
         mismatched=list(plan.mismatched), unmatched_checkpoint=dict(plan.unmatched_checkpoint),
         unmatched_module=dict(plan.unmatched_module), skipped=dict(plan.skipped),
-        ignored_module=dict(plan.ignored_module), notes=list(dict.fromkeys(plan.notes)))
+        ignored_module=dict(plan.ignored_module), notes=list(dict.fromkeys(plan.notes)),
+        warnings=list(dict.fromkeys(plan.warnings)))
 
 
 def _fold_optimizer(report: ConversionReport, opt_plan: OptimizerPlan | None, index: SlotIndex,

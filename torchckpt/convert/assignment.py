@@ -17,14 +17,24 @@ order; the first pattern that matches a checkpoint name wins.
   ``ModuleList``. ``"/"`` is the root scope, as in TF.
 * A ``None`` target skips what the pattern matches (a pretraining head).
 
-For object-based checkpoints the name is the key without its
-``/.ATTRIBUTES/VARIABLE_VALUE`` suffix. The layout of a value is converted by
-the type of the module it lands in, exactly as without a map.
+For object-based checkpoints a pattern may be written against the key as
+``list_variables`` and ``torchckpt inspect`` print it
+(``model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE``) or against the short name
+without that suffix (``model/dense/kernel``); a whole-name pattern is tried on
+the short name first, then on the key, and a scope matches a prefix of the
+short name. The layout of a value is converted by the type of the module it
+lands in, exactly as without a map.
+
+A map none of whose patterns matches any checkpoint key is an
+:class:`~torchckpt.errors.AssignmentMapError` that names the closest keys; a
+pattern that matches nothing while others do is reported as a warning.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 
@@ -82,8 +92,10 @@ def variable_name(key: str) -> str:
     return key[:-len(_SUFFIX)] if key.endswith(_SUFFIX) else key
 
 
-def find_rule(rules: Sequence[Rule], name: str) -> tuple[Rule, str | None, str] | None:
-    """The first rule matching ``name``: ``(rule, expanded target, rest below the scope)``."""
+def find_rule(rules: Sequence[Rule], name: str,
+              key: str | None = None) -> tuple[Rule, str | None, str] | None:
+    """The first rule matching ``name`` (or, for whole-name patterns, the printed ``key``):
+    ``(rule, expanded target, rest below the scope)``."""
     for rule in rules:
         if rule.scope:
             m = rule.regex.match(name)
@@ -92,6 +104,8 @@ def find_rule(rules: Sequence[Rule], name: str) -> tuple[Rule, str | None, str] 
             rest = name[m.end():]
         else:
             m = rule.regex.fullmatch(name)
+            if m is None and key is not None and key != name:
+                m = rule.regex.fullmatch(key)
             if m is None:
                 continue
             rest = ""
@@ -106,7 +120,7 @@ def rename(rules: Sequence[Rule], key: str) -> str | None:
     Scopes keep the rest of the name with ``/`` turned into ``.``; a ``None``
     target or no matching rule gives ``None``.
     """
-    found = find_rule(rules, variable_name(key))
+    found = find_rule(rules, variable_name(key), key)
     if found is None or found[1] is None:
         return None
     _, target, rest = found
@@ -133,7 +147,7 @@ class AssignmentResolver:
     def offer(self, var: SourceVar, plan: Plan) -> None:
         """Route one checkpoint variable to a unit role, or record why it cannot be."""
         name = variable_name(var.key)
-        found = find_rule(self.rules, name)
+        found = find_rule(self.rules, name, var.key)
         if found is None:
             plan.unmatched_checkpoint[var.key] = "no assignment-map pattern matches it"
             return
@@ -213,6 +227,50 @@ class AssignmentResolver:
             result = unit.layout.plan(unit.name, unit.module, roles,
                                       complete=unit.name not in self.partial)
             plan.add([unit], list(roles.values()), result)
+
+
+def check_rules_used(rules: Sequence[Rule], keys: Sequence[str]) -> list[str]:
+    """:func:`dead_patterns` of ``rules`` over ``keys`` (for renaming without a module)."""
+    hits: Counter[str] = Counter()
+    for key in keys:
+        found = find_rule(rules, variable_name(key), key)
+        if found is not None:
+            hits[found[0].pattern] += 1
+    return dead_patterns(rules, hits, keys)
+
+
+def dead_patterns(rules: Sequence[Rule], hits: Mapping[str, int], keys: Sequence[str]) -> list[str]:
+    """A warning for each pattern that matched no key (``hits``: pattern -> keys matched).
+
+    Raises:
+        AssignmentMapError: no pattern matched anything; the message gives each
+            pattern's closest keys.
+    """
+    dead = [r.pattern for r in rules if not hits.get(r.pattern)]
+    if rules and len(dead) == len(rules):
+        lines = [f"  {p!r}: closest keys {closest_to_pattern(p, keys)}" for p in dead]
+        raise AssignmentMapError(
+            "the assignment map matches no checkpoint key (a pattern must match a whole key as "
+            "list_variables prints it, or the key without /.ATTRIBUTES/VARIABLE_VALUE; a scope "
+            "pattern ends in '/'):\n" + "\n".join(lines))
+    return [f"assignment-map pattern {p!r} matches no checkpoint key (closest: "
+            f"{closest_to_pattern(p, keys)})" for p in dead]
+
+
+def _closest(probe: str, keys: Sequence[str], n: int = 3) -> str:
+    """The keys most like ``probe``, quoted, for messages."""
+    found = difflib.get_close_matches(probe, keys, n, 0.0) if keys else []
+    return ", ".join(repr(k) for k in found) or "none (the checkpoint has no weights)"
+
+
+def closest_to_pattern(pattern: str, keys: Sequence[str]) -> str:
+    """The keys most like a regular expression, read as plain text."""
+    return _closest(re.sub(r"\\(.)", r"\1", re.sub(r"[\^$()\[\]?*+|{}]", "", pattern)), keys)
+
+
+def closest_to_name(name: str, keys: Sequence[str]) -> str:
+    """The keys most like a torch ``state_dict`` name (``encoder.0.weight``)."""
+    return _closest(name.replace(".", "/"), keys)
 
 
 def _child(module: nn.Module, tf_name: str) -> tuple[nn.Module, str] | None:

@@ -27,8 +27,9 @@ cannot tell; there the report warns when a Linear's ``in_features`` is
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence, Union, cast
 
+import torch
 from torch import nn
 
 from ..errors import ConversionError
@@ -55,6 +56,27 @@ def check_flatten_order(order: FlattenOrder) -> None:
     for value in values:
         if value not in FLATTEN_ORDERS:
             raise ConversionError(f"flatten_order {value!r} is not one of {FLATTEN_ORDERS}")
+
+
+def parse_flatten_order(values: Sequence[str] | None) -> FlattenOrder:
+    """The command line's ``--flatten-order``: one ``ORDER``, or ``LINEAR=ORDER`` per Linear.
+
+    Raises:
+        ConversionError: a mix of both forms, or an order that is not one of
+            :data:`FLATTEN_ORDERS`.
+    """
+    if not values:
+        return "channels_first"
+    pairs = [v.partition("=") for v in values]
+    order: FlattenOrder
+    if all(sep for _, sep, _ in pairs):
+        order = {name: value for name, _, value in pairs}
+    elif len(values) == 1:
+        order = values[0]
+    else:
+        raise ConversionError("--flatten-order takes one ORDER, or LINEAR=ORDER once per Linear")
+    check_flatten_order(order)
+    return order
 
 
 def layer_lists(graph: ObjectGraph) -> dict[int, tuple[int, int]]:
@@ -133,8 +155,9 @@ def plan_flatten(plan: Plan, units: Sequence[Unit], graph: ObjectGraph | None,
         if not isinstance(unit.module, nn.Linear):
             continue
         group: WeightGroup | None = group_of.get(unit.name)
-        found = (view.conv_before(group.node_id, unit_of_node)
-                 if view is not None and group is not None else None)
+        listed, found = False, None
+        if view is not None and group is not None and group.node_id in view.position:
+            listed, found = True, view.conv_before(group.node_id, unit_of_node)
         chosen = order.get(unit.name) if isinstance(order, Mapping) else order
         if found is not None:
             _apply(plan, unit, found[0], chosen or "channels_first", shown=True)
@@ -145,12 +168,12 @@ def plan_flatten(plan: Plan, units: Sequence[Unit], graph: ObjectGraph | None,
                                   "convolution is registered before it; its rows are kept")
             else:
                 _apply(plan, unit, conv, chosen, shown=False)
-        else:
+        elif not listed and chosen != "channels_last":  # the graph cannot tell: warn
             _warn(plan, unit, _torch_conv_before(units, i))
 
 
 def _apply(plan: Plan, linear: Unit, conv: Unit, order: str, *, shown: bool) -> None:
-    channels = conv.module.out_channels  # type: ignore[union-attr]
+    channels = _channels(conv)
     index, assignment = _weight_assignment(plan, linear)
     if assignment is None or len(assignment.sources[0].shape) != 2:
         return
@@ -162,26 +185,25 @@ def _apply(plan: Plan, linear: Unit, conv: Unit, order: str, *, shown: bool) -> 
            else "flatten_order names it")
     what = f"{linear.describe()} reads the flattened output of {conv.describe()} ({why}): "
     if order == "channels_last":
-        plan.notes.append(what + f"rows kept in Keras' (positions, channels) order, as "
+        plan.notes.append(what + "rows kept in Keras' (positions, channels) order, as "
                           "flatten_order='channels_last' asks (the torch model flattens "
                           "channels-last)")
         return
     plan.assignments[index] = Assignment(assignment.target, assignment.sources,
                                          _reordered(assignment.transform, positions, channels))
     plan.notes.append(what + f"kernel rows reordered from Keras' flatten order ({positions} "
-                      f"positions x {channels} channels) to torch.flatten's ({channels} channels x "
-                      f"{positions} positions); pass flatten_order='channels_last' if the torch "
-                      "model permutes to channels-last before flattening")
+                      f"positions x {channels} channels) to torch.flatten's ({channels} "
+                      f"channels x {positions} positions); set flatten_order to 'channels_last' "
+                      "(for it) if the torch model permutes to channels-last before flattening")
 
 
 def _reordered(inner: Transform, positions: int, channels: int) -> Transform:
-    def fn(xs: Sequence[object]) -> object:
-        k = xs[0]
-        cols = k.shape[1]  # type: ignore[attr-defined]
-        rows = k.reshape(positions, channels, cols).permute(1, 0, 2)  # type: ignore[attr-defined]
+    def fn(xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        cols = xs[0].shape[1]
+        rows = xs[0].reshape(positions, channels, cols).permute(1, 0, 2)
         return inner([rows.reshape(positions * channels, cols)])
     return Transform(f"rows (positions={positions}, channels={channels}) -> (channels, "
-                     f"positions) + {inner.description}", fn)  # type: ignore[arg-type]
+                     f"positions) + {inner.description}", fn)
 
 
 def _weight_assignment(plan: Plan, unit: Unit) -> tuple[int, Assignment | None]:
@@ -190,6 +212,10 @@ def _weight_assignment(plan: Plan, unit: Unit) -> tuple[int, Assignment | None]:
         if a.target == target and len(a.sources) == 1:
             return i, a
     return -1, None
+
+
+def _channels(conv: Unit) -> int:
+    return cast(nn.modules.conv._ConvNd, conv.module).out_channels
 
 
 def _torch_conv_before(units: Sequence[Unit], i: int) -> Unit | None:
@@ -205,8 +231,8 @@ def _warn(plan: Plan, linear: Unit, conv: Unit | None) -> None:
     _, assignment = _weight_assignment(plan, linear)
     if conv is None or assignment is None:
         return
-    channels = conv.module.out_channels  # type: ignore[union-attr]
-    n_in = linear.module.in_features  # type: ignore[union-attr]
+    channels = _channels(conv)
+    n_in = cast(nn.Linear, linear.module).in_features
     if n_in % channels or n_in == channels:
         return
     plan.warnings.append(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -131,7 +131,8 @@ def _list_items(source: Source, node_id: int | None) -> list[SourceVar | None]:
     return [source.variable_of_node(c.node_id) for c in source.graph.nodes[node_id].children]
 
 
-def _list_owners(source: Source, children: dict[str, int], by_full_name: dict[str, SourceVar]):
+def _list_owners(source: Source, children: dict[str, int], by_full_name: dict[str, SourceVar]
+                 ) -> Callable[[int, SourceVar | None], SourceVar | None]:
     """``(i, slot) -> model variable`` for the new optimizers' per-variable lists."""
     trainable = _list_items(source, children.get("_trainable_variables"))
 
@@ -164,7 +165,8 @@ class OptimizerPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _fields(optimizer: torch.optim.Optimizer, group: dict, flavor: str) -> list[_Field] | str:
+def _fields(optimizer: torch.optim.Optimizer, group: dict[str, Any],
+            flavor: str) -> list[_Field] | str:
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         out = [_Field("exp_avg", ("m", "momentums", "Adam", "adam_m")),
                _Field("exp_avg_sq", ("v", "velocities", "Adam_1", "adam_v"))]

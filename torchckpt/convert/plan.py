@@ -29,7 +29,6 @@ from .report import Mismatch
 from .source import Source, SourceVar
 from .transforms import Assignment, UnitPlan
 
-
 # Keras' default epsilon of BatchNormalization and LayerNormalization (torch's is 1e-5).
 _KERAS_NORM_EPSILON = 1e-3
 

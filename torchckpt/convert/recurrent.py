@@ -30,7 +30,6 @@ from functools import partial
 from typing import Sequence, cast
 
 import torch
-
 from torch import nn
 
 from .keras_layers import WeightGroup

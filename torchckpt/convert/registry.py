@@ -11,10 +11,19 @@ from typing import Mapping
 
 from torch import nn
 
-from .layouts import (BatchNormLayout, ConvLayout, ConvTransposeLayout, EmbeddingLayout,
-                      GenericLayout, Layout, LayerNormLayout, LinearLayout,
-                      MultiheadAttentionLayout)
+from .attention import MultiheadAttentionLayout
+from .layouts import (
+    BatchNormLayout,
+    ConvLayout,
+    ConvTransposeLayout,
+    EmbeddingLayout,
+    GenericLayout,
+    LayerNormLayout,
+    Layout,
+    LinearLayout,
+)
 from .recurrent import GRULayout, LSTMLayout
+
 
 class LayoutRegistry:
     """Maps torch module types to layouts; the most derived registered type wins.

@@ -54,7 +54,11 @@ class ConversionReport:
         skipped: checkpoint keys deliberately not used (save counter, optimizer
             state without ``optimizer=``, keys the assignment map ignores) -> why.
         ignored_module: ``state_dict`` names without a TF counterpart by design.
-        notes: facts worth knowing that are not errors (epsilons, hyperparameters).
+        notes: facts worth knowing that are not errors (epsilons, hyperparameters,
+            reordered flatten rows).
+        warnings: things that may make the outputs differ although every name
+            matched (a Linear that may read a channels-last Flatten the graph
+            cannot show; an assignment-map pattern that matched nothing).
     """
 
     path: str
@@ -68,6 +72,7 @@ class ConversionReport:
     skipped: dict[str, str] = field(default_factory=dict)
     ignored_module: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -109,6 +114,9 @@ class ConversionReport:
         if self.notes:
             out.append("notes:")
             out += [f"  {n}" for n in self.notes]
+        if self.warnings:
+            out.append("warnings:")
+            out += [f"  {w}" for w in self.warnings]
         return "\n".join(out)
 
     def __str__(self) -> str:
@@ -128,5 +136,5 @@ class ConversionReport:
             "unmatched_module": dict(self.unmatched_module),
             "unmatched_optimizer": dict(self.unmatched_optimizer),
             "skipped": dict(self.skipped), "ignored_module": dict(self.ignored_module),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "warnings": list(self.warnings),
         }

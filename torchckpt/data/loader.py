@@ -52,6 +52,15 @@ global generators or from a ``generator`` attribute (all of torch's do); with
 ``in_order=False`` the batch order depends on timing and cannot be reproduced.
 ``DistributedSampler.set_epoch`` stays the caller's job (use :attr:`epoch`).
 A ``DataLoader`` subclass is iterated as a plain ``DataLoader``.
+
+Per-rank: under ``torch.distributed`` (more than one rank) each rank's loader
+is saved under its own child, ``data/rank_<r>_of_<W>/...``, and restored into
+the same rank on a world of the same size (``distributed/per_rank.py``). On a
+world of another size it is not restored: a ``DistributedSampler`` deals each
+epoch's permutation out by the number of ranks, so a rank's position has no
+counterpart in the new world. ``RestoreStatus`` reports it, and the loader
+starts at its epoch 0: keep the epoch in the replicated state (``ckpt.epoch``)
+and restart that epoch, or change the world size at an epoch boundary.
 """
 
 from __future__ import annotations
@@ -63,7 +72,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..adapters import default_registry
 from ..adapters.schema import as_bool, as_int, check_state, describe, generator_state, refuse
+from ..adapters.stateful import StatefulAdapter
+from ..distributed.per_rank import per_rank_adapter
 from ..errors import InvalidValueError, UntrackableError
 from ..rng import HostRNGSnapshot, apply_host_rng, capture_host_rng
 from ._checks import length_bound, stateful_loader_schema
@@ -417,3 +429,6 @@ class ResumableLoader:
         self._epoch, self._consumed, self._start = epoch, consumed, start
         self._resume_pending = start is not None
         self._token = object()  # iterators from before the restore stop reporting
+
+
+default_registry.register(ResumableLoader, per_rank_adapter(StatefulAdapter))

@@ -5,16 +5,21 @@ peer could make another rank run code; these helpers move only integers and
 raw bytes. Each call is a collective: every rank of the group calls the same
 helpers in the same order.
 
-Timeouts are the process group's (``init_process_group(timeout=...)`` or
-``new_group(timeout=...)``): if a peer dies, gloo raises on the survivors when
-the connection drops, and a peer that hangs is given up on after the timeout.
-Use a dedicated gloo group with a short timeout for checkpointing if the
-default group's is long.
+A save opens with :meth:`Comm.handshake`, which has its own deadline: a rank
+that does not join the save within it (the ``if rank == 0: save()`` mistake)
+makes the others raise instead of waiting for it. After the handshake, every
+rank is in the save, and the timeouts are the process group's
+(``init_process_group(timeout=...)`` or ``new_group(timeout=...)``): if a peer
+dies, gloo raises on the survivors when the connection drops, and a peer that
+hangs is given up on after the timeout.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -36,6 +41,26 @@ def _collective(fn: _F) -> _F:
         except RuntimeError as exc:
             raise CollectiveError(f"{fn.__name__}: {exc}") from exc
     return wrapper  # type: ignore[return-value]
+
+
+# Handshake messages: a point-to-point tag of their own, and a first word that says what
+# they are ("tkcp"), so that a stray message is not taken for a peer's arrival.
+HANDSHAKE_TAG = 0x746B6370
+_HELLO = 0x746B6370
+_ANSWER_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class HandshakeResult:
+    """How the opening handshake of a save ended on this rank.
+
+    Attributes:
+        absent: group ranks known not to have joined in time (empty: all joined).
+        detail: the backend's error, when there was one.
+    """
+
+    absent: list[int]
+    detail: str = ""
 
 
 class Comm:
@@ -71,6 +96,74 @@ class Comm:
         if r is None or r < 0:
             raise ValueError(f"global rank {global_rank} is not in the checkpointing group")
         return r
+
+    def handshake(self, timeout: float) -> HandshakeResult:
+        """Wait, at most ``timeout`` seconds, until every rank of the group has called this.
+
+        Rank 0 waits for a message from each other rank, then answers each one
+        with the list of ranks that did not come; the others send and wait for
+        that answer. Every wait has the deadline (``Work.wait(timeout)``), so a
+        rank never waits longer for a rank that is not saving, whichever ranks
+        called. Point-to-point messages with a tag of their own do not match a
+        collective that a peer may be blocked in meanwhile. After a failed
+        handshake the process group is unusable (a message may be left
+        unmatched); the job is expected to end.
+        """
+        deadline = time.monotonic() + timeout
+        if self.size == 1:
+            return HandshakeResult([])
+        if self.rank == 0:
+            return self._gather_arrivals(deadline)
+        try:
+            self._wait(dist.isend(self._message([_HELLO]), dst=self.global_rank(0),
+                                  group=self.group, tag=HANDSHAKE_TAG), deadline)
+            reply = self._message([0] * (self.size + 1))
+            # rank 0 decides: give its answer, sent right at the deadline, time to arrive
+            self._wait(dist.irecv(reply, src=self.global_rank(0), group=self.group,
+                                  tag=HANDSHAKE_TAG), deadline + _ANSWER_GRACE_S)
+        except RuntimeError as exc:
+            return HandshakeResult([0], str(exc))
+        words = reply.cpu().tolist()
+        if words[0] != _HELLO:
+            return HandshakeResult([0], "rank 0 answered with an unexpected message")
+        return HandshakeResult([r for r in range(self.size) if words[1 + r]])
+
+    def _gather_arrivals(self, deadline: float) -> HandshakeResult:
+        """Rank 0's side of :meth:`handshake`."""
+        inbox = {r: self._message([0]) for r in range(1, self.size)}
+        works = {r: dist.irecv(t, src=self.global_rank(r), group=self.group, tag=HANDSHAKE_TAG)
+                 for r, t in inbox.items()}
+        absent, detail = [], ""
+        for r, work in works.items():
+            try:
+                self._wait(work, deadline)
+            except RuntimeError as exc:
+                absent.append(r)
+                detail = detail or str(exc)
+                continue
+            if int(inbox[r].cpu()[0]) != _HELLO:
+                absent.append(r)
+        flags = [0] * self.size
+        for r in absent:
+            flags[r] = 1
+        reply = self._message([_HELLO, *flags])
+        for r in works:
+            if r not in absent:  # those that came learn at once whether the save goes on
+                try:
+                    self._wait(dist.isend(reply, dst=self.global_rank(r), group=self.group,
+                                          tag=HANDSHAKE_TAG), deadline + _ANSWER_GRACE_S)
+                except RuntimeError as exc:
+                    absent.append(r)
+                    detail = detail or str(exc)
+        return HandshakeResult(sorted(absent), detail)
+
+    def _message(self, words: list[int]) -> torch.Tensor:
+        return torch.tensor(words, dtype=torch.int64, device=self.device)
+
+    @staticmethod
+    def _wait(work: Any, deadline: float) -> None:
+        left = max(deadline - time.monotonic(), 0.001)
+        work.wait(timeout=datetime.timedelta(seconds=left))
 
     @_collective
     def all_gather_ints(self, values: list[int]) -> list[list[int]]:

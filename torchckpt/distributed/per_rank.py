@@ -20,7 +20,7 @@ A collective save merges the ranks' children under the one node (rank 0
 holds ``rank_0_of_2``, rank 1 ``rank_1_of_2``, ...), so the checkpoint has one
 child per rank, each written by its rank. TensorFlow reads these keys like
 any other. Without a process group (or with one rank) the object is saved as
-if it were not per-rank, with its values on its own node, as before.
+if it were not per-rank, with its values on its own node.
 
 Restoring places ``rank_<r>_of_<W>`` into rank ``r`` of a world of the same
 size ``W``; the other ranks' children belong to the other ranks. On another
@@ -143,11 +143,12 @@ class PerRankAdapter(Adapter):
         return self._plain is None
 
     def placement(self, local_name: str) -> Placement | None:
-        """Where a saved child called ``local_name`` goes on this rank; None when the name
-        is not a per-rank child's (an ordinary child of the object, in a world of one)."""
+        """Where a saved child called ``local_name`` goes on this rank; None for an ordinary
+        child of the object, in a world of one. With several ranks, a child that is not a
+        rank's was saved by one process (the object's own layout there): unplaced."""
         parsed = parse_rank_name(local_name)
         if parsed is None:
-            return None
+            return Placement.UNPLACED if self.per_rank else None
         if self.per_rank and parsed == (self.rank, self.world):
             return Placement.MINE
         if self.per_rank and parsed[1] == self.world:

@@ -37,8 +37,16 @@ import torch
 from ..adapters.tensors import tf_dtype_of
 from ..format.dtypes import FIXED_WIDTH, DataType
 from ..saving import SavePlan
-from .layout import (Chunk, box_numel, describe_layout, has_box, is_dtensor, local_chunk,
-                     mesh_ranks, tf_can_reassemble)
+from .layout import (
+    Chunk,
+    box_numel,
+    describe_layout,
+    has_box,
+    is_dtensor,
+    local_chunk,
+    mesh_ranks,
+    tf_can_reassemble,
+)
 
 
 class Kind(enum.Enum):

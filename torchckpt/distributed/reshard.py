@@ -29,8 +29,16 @@ from ..format import BundleReader
 from ..format.dtypes import FIXED_WIDTH, DataType
 from ..format.records import ENDIAN_LITTLE, BundleEntry
 from ..format.slices import encode_slice_key, slice_bounds
-from .layout import (Box, box_numel, box_shape, full_box, intersect, is_dtensor, local_chunk,
-                     relative)
+from .layout import (
+    Box,
+    box_numel,
+    box_shape,
+    full_box,
+    intersect,
+    is_dtensor,
+    local_chunk,
+    relative,
+)
 
 
 def read_box(reader: BundleReader, key: str | bytes, box: Box, out: np.ndarray) -> None:

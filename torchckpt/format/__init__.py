@@ -10,8 +10,7 @@ from .bundle_writer import BundleWriter, write_index
 from .dtypes import FIXED_WIDTH, DataType, DTypeInfo, dtype_name, from_numpy_dtype
 from .naming import data_path, index_path
 from .records import BundleEntry, BundleHeader, Extent, TensorSlice
-from .state_file import (STATE_FILENAME, CheckpointState, latest_checkpoint, read_state,
-                         write_state)
+from .state_file import STATE_FILENAME, CheckpointState, latest_checkpoint, read_state, write_state
 
 __all__ = [
     "BundleReader", "BundleWriter", "write_index", "numel", "FIXED_WIDTH", "DataType",

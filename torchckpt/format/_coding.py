@@ -75,7 +75,8 @@ def put_fixed32(value: int) -> bytes:
 def get_fixed32(buf: bytes | memoryview, pos: int, limit: int) -> int:
     if pos < 0 or pos + 4 > limit:
         raise DecodeError("truncated fixed32", pos)
-    return _FIXED32.unpack_from(buf, pos)[0]
+    value: int = _FIXED32.unpack_from(buf, pos)[0]
+    return value
 
 
 def put_fixed64(value: int) -> bytes:
@@ -85,4 +86,5 @@ def put_fixed64(value: int) -> bytes:
 def get_fixed64(buf: bytes | memoryview, pos: int, limit: int) -> int:
     if pos < 0 or pos + 8 > limit:
         raise DecodeError("truncated fixed64", pos)
-    return _FIXED64.unpack_from(buf, pos)[0]
+    value: int = _FIXED64.unpack_from(buf, pos)[0]
+    return value

@@ -27,16 +27,17 @@ _SLOW_WARN_BYTES = 1 << 20
 
 _c_extend: Callable[[int, Buffer], int] | None
 try:
-    import crc32c as _crc32c_pkg  # type: ignore[import-not-found]
+    import crc32c as _crc32c_pkg  # type: ignore[import-not-found, unused-ignore]
 
     def _c_extend(crc: int, data: Buffer) -> int:
-        return _crc32c_pkg.crc32c(data, value=crc)
+        value: int = _crc32c_pkg.crc32c(data, value=crc)
+        return value
 except ImportError:  # pragma: no cover - depends on the environment
     try:
-        from google_crc32c import cext as _gcext  # type: ignore[import-not-found]
+        from google_crc32c import cext as _gcext  # type: ignore[import-not-found, unused-ignore]
 
         def _c_extend(crc: int, data: Buffer) -> int:
-            return _gcext.extend(crc, data if isinstance(data, bytes) else bytes(data))
+            return int(_gcext.extend(crc, data if isinstance(data, bytes) else bytes(data)))
     except ImportError:
         _c_extend = None
 
@@ -155,7 +156,8 @@ def mismatches(crcs: list[int], stored: list[int]) -> list[int]:
 
     c = np.array(crcs, dtype=np.uint64)
     masked = ((((c >> 15) | (c << 17)) & 0xFFFFFFFF) + MASK_DELTA) & 0xFFFFFFFF
-    return np.flatnonzero(masked != np.array(stored, dtype=np.uint64)).tolist()
+    bad: list[int] = np.flatnonzero(masked != np.array(stored, dtype=np.uint64)).tolist()
+    return bad
 
 
 def unmask(masked: int) -> int:

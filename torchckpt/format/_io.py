@@ -37,7 +37,7 @@ import gc
 import mmap
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from . import _crc32c
 
@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _native = None
 
 
-def accelerator():  # noqa: ANN201 - the _native extension module, or None
+def accelerator() -> Any:
     """The C accelerator, unless it is missing or ``TORCHCKPT_NO_NATIVE`` is set now.
 
     The switch is read on each use, not at import, so a program (or a test) can

@@ -21,20 +21,31 @@ import stat
 from bisect import bisect_left
 from itertools import count, islice
 from operator import itemgetter
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import (ChecksumMismatchError, CheckpointNotFoundError, CorruptCheckpointError,
-                      KeyNotFoundError, UnsupportedFormatError)
+from ..errors import (
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    KeyNotFoundError,
+    UnsupportedFormatError,
+)
 from . import _crc32c
 from ._coding import ChecksumDecodeError, DecodeError
-from ._fast_entries import (HeadCache, decode_plain, plain_entry, plain_location,
-                            plain_locations)
-from ._io import (PARALLEL_BYTES, Helper, ShortReadError, gc_frozen, read_parallel,
-                  read_runs, read_with_crc)
-from .dtypes import FIXED_WIDTH, DataType, dtype_name, enum_name, has_array_form
+from ._fast_entries import HeadCache, decode_plain, plain_entry, plain_location, plain_locations
+from ._io import (
+    PARALLEL_BYTES,
+    Helper,
+    ShortReadError,
+    gc_frozen,
+    read_parallel,
+    read_runs,
+    read_with_crc,
+)
 from .commit import complete_commit
+from .dtypes import FIXED_WIDTH, DataType, dtype_name, enum_name, has_array_form
 from .naming import data_path, index_path
 from .records import ENDIAN_BIG, ENDIAN_LITTLE, BundleEntry, BundleHeader
 from .slices import encode_slice_key, slice_bounds, slice_key_prefix, slice_key_suffix
@@ -117,13 +128,7 @@ class BundleReader:
         self.prefix = os.fspath(prefix)
         self.index_path = index_path(self.prefix)
         self.verify_checksums = verify_checksums
-        complete_commit(self.prefix)  # a re-save a crash interrupted (commit.py)
-        try:
-            with open(self.index_path, "rb") as f:
-                buf = f.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise CheckpointNotFoundError(
-                f"no checkpoint at '{self.prefix}': '{self.index_path}' does not exist") from exc
+        buf = self._read_index()
         try:
             self._raw: dict[bytes, bytes] = dict(iter_table(buf))
         except DecodeError as exc:
@@ -135,6 +140,16 @@ class BundleReader:
         self._shards: dict[int, _Shard] = {}
         self._helper = Helper()  # second reader thread for large payloads, started on first use
         self._heads: HeadCache = {}  # entry heads decoded so far (see _fast_entries)
+
+    def _read_index(self) -> bytes:
+        """The bytes of ``.index`` (after completing a commit a crash interrupted)."""
+        complete_commit(self.prefix)  # a re-save a crash interrupted (commit.py)
+        try:
+            with open(self.index_path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise CheckpointNotFoundError(
+                f"no checkpoint at '{self.prefix}': '{self.index_path}' does not exist") from exc
 
     def _decode_header(self) -> BundleHeader:
         raw = self._raw.pop(b"", None)
@@ -269,12 +284,16 @@ class BundleReader:
         """The payload of an unsliced key as a view of the mapped file, checksum verified
         (for DT_VARIANT as :mod:`.variants` describes; strings are checked when decoded)."""
         s, e = self.payload_location(key)
-        view = memoryview(s.map)[e.offset:e.offset + e.size]
+        view = self._payload_bytes(s, e)
         if self.verify_checksums and e.dtype == DataType.DT_VARIANT:
             self._check_variant(self._k(key), e, view, s.path)
         elif self.verify_checksums and e.dtype != DataType.DT_STRING:
             self.check_crc(key, e, view, s.path)
         return view
+
+    def _payload_bytes(self, s: _Shard, e: BundleEntry) -> memoryview:
+        """The payload bytes of ``e`` in shard ``s`` (offset and size already checked)."""
+        return memoryview(s.map)[e.offset:e.offset + e.size]
 
     def _check_variant(self, k: bytes, e: BundleEntry, view: memoryview, path: str) -> None:
         try:
@@ -319,7 +338,8 @@ class BundleReader:
         try:
             arr = np.frombuffer(raw, dtype=dt).reshape(e.shape)
         except ValueError as exc:
-            raise UnsupportedFormatError(self.index_path, f"cannot hold shape {list(e.shape)}: {exc}",
+            raise UnsupportedFormatError(self.index_path,
+                                         f"cannot hold shape {list(e.shape)}: {exc}",
                                          key=k) from exc
         return arr.astype(info.storage, copy=True)
 
@@ -473,7 +493,7 @@ class BundleReader:
 
     def _read_strings(self, k: bytes, e: BundleEntry) -> np.ndarray:
         s, _ = self.payload_location(k)
-        raw = memoryview(s.map)[e.offset:e.offset + e.size]
+        raw = self._payload_bytes(s, e)
         try:
             values = decode_strings(raw, numel(e.shape),
                                     big_endian=self.header.endianness == ENDIAN_BIG,
@@ -574,7 +594,7 @@ class BundleReader:
             raise CorruptCheckpointError(self.index_path, f"{numel(want)} string elements "
                                          f"cannot fit in {part.size} bytes", key=part_key)
 
-    def _check_overlap(self, k: bytes, e: BundleEntry, boxes: list) -> None:
+    def _check_overlap(self, k: bytes, e: BundleEntry, boxes: list[Any]) -> None:
         """Slices must not overlap (tensor_slice_set.cc); with the element count equal to
         the tensor's, they then cover it exactly. Pairwise for a few slices, else with a
         coverage mask (one byte per element) so that a forged index cannot make it quadratic."""

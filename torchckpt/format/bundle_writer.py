@@ -26,12 +26,12 @@ import os
 from typing import Iterable, Sequence
 
 from . import _crc32c
+from ._fast_entries import plain_entry
 from ._files import os_errors_name
 from ._io import IOV_MAX, Helper, gc_frozen, write_all, write_with_crc
 from .commit import commit_bundle, complete_commit, discard_temps
 from .dtypes import FIXED_WIDTH, DataType
 from .naming import data_path, index_path, new_token, temp_path
-from ._fast_entries import plain_entry
 from .records import BundleEntry, BundleHeader, TensorSlice, encode_entries
 from .slices import encode_slice_key, slice_bounds
 from .strings import encode_strings

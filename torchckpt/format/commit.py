@@ -33,6 +33,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+
 from ..errors import CorruptCheckpointError
 from ._files import fsync_dir, os_errors_name
 from .naming import DATA_GLOB, TEMP_INFIX, data_files, data_path, index_path, temp_path

@@ -131,17 +131,17 @@ _FROM_NUMPY: dict[np.dtype, DataType] = {
 
 
 # TF's Python names (``tf.DType.name``) of the dtypes that have no fixed width.
-_OTHER_NAMES = {DataType.DT_STRING: "string", DataType.DT_VARIANT: "variant",
-                DataType.DT_RESOURCE: "resource", DataType.DT_INVALID: "invalid"}
+_OTHER_NAMES: dict[int, str] = {DataType.DT_STRING: "string", DataType.DT_VARIANT: "variant",
+                                DataType.DT_RESOURCE: "resource", DataType.DT_INVALID: "invalid"}
 
 
 def dtype_name(dtype: int) -> str:
     """TF's Python name of a dtype value (``tf.DType.name``: ``"float32"``, ``"string"``,
     ``"variant"``), or ``"DT_<n>"`` for a value this version does not know."""
-    info = FIXED_WIDTH.get(dtype)  # type: ignore[call-overload]
+    info: DTypeInfo | None = FIXED_WIDTH.get(dtype)  # type: ignore[call-overload]
     if info is not None:
         return info.name
-    other = _OTHER_NAMES.get(dtype)  # type: ignore[call-overload]
+    other = _OTHER_NAMES.get(dtype)
     return other if other is not None else f"DT_<{dtype}>"
 
 

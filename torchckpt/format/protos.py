@@ -110,9 +110,11 @@ BundleEntryProto = _cls("BundleEntryProto")
 
 def serialize(message: Any) -> bytes:
     """Deterministic wire bytes (map fields sorted; none here, but kept explicit)."""
-    return message.SerializeToString(deterministic=True)
+    data: bytes = message.SerializeToString(deterministic=True)
+    return data
 
 
 def to_text(message: Any) -> str:
     """Text format as ``text_format.MessageToString`` writes it (TF's state file)."""
-    return text_format.MessageToString(message)
+    text: str = text_format.MessageToString(message)
+    return text

@@ -3,13 +3,17 @@
 Mirrors ``tensorflow/core/protobuf/tensor_bundle.proto``,
 ``framework/tensor_shape.proto`` and ``framework/tensor_slice.proto``::
 
-    BundleHeaderProto { int32 num_shards = 1; Endianness endianness = 2; VersionDef version = 3; }
-    VersionDef        { int32 producer = 1; int32 min_consumer = 2; repeated int32 bad_consumers = 3; }
+    BundleHeaderProto { int32 num_shards = 1; Endianness endianness = 2;
+                        VersionDef version = 3; }
+    VersionDef        { int32 producer = 1; int32 min_consumer = 2;
+                        repeated int32 bad_consumers = 3; }
     BundleEntryProto  { DataType dtype = 1; TensorShapeProto shape = 2; int32 shard_id = 3;
                         int64 offset = 4; int64 size = 5; fixed32 crc32c = 6;
                         repeated TensorSliceProto slices = 7; }
-    TensorShapeProto  { repeated Dim dim = 2; bool unknown_rank = 3; }   Dim { int64 size = 1; string name = 2; }
-    TensorSliceProto  { repeated Extent extent = 1; }  Extent { int64 start = 1; oneof { int64 length = 2; } }
+    TensorShapeProto  { repeated Dim dim = 2; bool unknown_rank = 3; }
+    Dim               { int64 size = 1; string name = 2; }
+    TensorSliceProto  { repeated Extent extent = 1; }
+    Extent            { int64 start = 1; oneof { int64 length = 2; } }
 
 Wire format: ``tag = field << 3 | wire_type`` as a varint; wire types 0 (varint),
 1 (fixed64), 2 (length-delimited), 5 (fixed32). proto3 omits default scalars.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Tuple, Union
 
 from ._coding import DecodeError, get_fixed32, get_fixed64, get_varint, put_fixed32, put_varint
 
@@ -36,8 +40,21 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 _FIXED32 = struct.Struct("<I")  # same as _coding.put_fixed32
 
 
-def _signed64(v: int) -> int:
+FieldValue = Union[int, Tuple[int, int]]  # a varint/fixed value, or a LEN field's (start, end)
+
+
+def _signed64(v: FieldValue) -> int:
+    """A varint field's value as a signed 64-bit int (proto int32/int64)."""
+    if not isinstance(v, int):
+        raise DecodeError("expected a varint field, found a length-delimited one", 0)
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _span(v: FieldValue) -> Tuple[int, int]:
+    """A LEN field's ``(start, end)`` in the buffer."""
+    if isinstance(v, int):
+        raise DecodeError("expected a length-delimited field, found a varint", 0)
+    return v
 
 
 def _put_int(field: int, value: int) -> bytes:
@@ -50,7 +67,7 @@ def _put_len(field: int, payload: bytes) -> bytes:
 
 
 def iter_fields(buf: bytes | memoryview, start: int = 0,
-                end: int | None = None) -> Iterator[tuple[int, int, object]]:
+                end: int | None = None) -> Iterator[tuple[int, int, FieldValue]]:
     """Yield ``(field, wire_type, value)``; LEN values are ``(start, end)`` pairs.
 
     Raises:
@@ -109,9 +126,9 @@ class Extent:
             if field in (1, 2):
                 _expect(wire, WIRE_VARINT, field, start)
                 if field == 1:
-                    begin = _signed64(value)  # type: ignore[arg-type]
+                    begin = _signed64(value)
                 else:
-                    length = _signed64(value)  # type: ignore[arg-type]
+                    length = _signed64(value)
         return cls(begin, length)
 
 
@@ -130,7 +147,7 @@ class TensorSlice:
         for field, wire, value in iter_fields(buf, start, end):
             if field == 1:
                 _expect(wire, WIRE_LEN, field, start)
-                extents.append(Extent.decode(buf, *value))  # type: ignore[misc]
+                extents.append(Extent.decode(buf, *_span(value)))
                 if len(extents) > MAX_RANK:
                     raise DecodeError("slice has too many extents", start)
         return cls(tuple(extents))
@@ -147,10 +164,10 @@ def decode_shape(buf: bytes | memoryview, start: int, end: int) -> tuple[int, ..
         if field == 2:
             _expect(wire, WIRE_LEN, field, start)
             size = 0
-            for f2, w2, v2 in iter_fields(buf, *value):  # type: ignore[misc]
+            for f2, w2, v2 in iter_fields(buf, *_span(value)):
                 if f2 == 1:
                     _expect(w2, WIRE_VARINT, f2, start)
-                    size = _signed64(v2)  # type: ignore[arg-type]
+                    size = _signed64(v2)
             dims.append(size)
             if len(dims) > MAX_RANK:
                 raise DecodeError("shape has too many dimensions", start)
@@ -195,31 +212,32 @@ class BundleEntry:
 
     @classmethod
     def decode(cls, buf: bytes | memoryview) -> "BundleEntry":
-        dtype, shape, shard, offset, size, crc = 0, (), 0, 0, 0, 0
-        slices = []
+        dtype, shard, offset, size, crc = 0, 0, 0, 0, 0
+        shape: tuple[int, ...] = ()
+        slices: list[TensorSlice] = []
         for field, wire, value in iter_fields(buf):
             if field == 1:
                 _expect(wire, WIRE_VARINT, field, 0)
-                dtype = _signed64(value)  # type: ignore[arg-type]
+                dtype = _signed64(value)
             elif field == 2:
                 _expect(wire, WIRE_LEN, field, 0)
-                shape = decode_shape(buf, *value)  # type: ignore[misc]
+                shape = decode_shape(buf, *_span(value))
             elif field == 3:
                 _expect(wire, WIRE_VARINT, field, 0)
-                shard = _signed64(value)  # type: ignore[arg-type]
+                shard = _signed64(value)
             elif field == 4:
                 _expect(wire, WIRE_VARINT, field, 0)
-                offset = _signed64(value)  # type: ignore[arg-type]
+                offset = _signed64(value)
             elif field == 5:
                 _expect(wire, WIRE_VARINT, field, 0)
-                size = _signed64(value)  # type: ignore[arg-type]
+                size = _signed64(value)
             elif field == 6:
                 _expect(wire, WIRE_FIXED32, field, 0)
-                crc = value  # type: ignore[assignment]
+                crc = _signed64(value) & 0xFFFFFFFF
             elif field == 7:
                 _expect(wire, WIRE_LEN, field, 0)
-                slices.append(TensorSlice.decode(buf, *value))  # type: ignore[misc]
-        return cls(dtype, shape, shard, offset, size, crc, tuple(slices))  # type: ignore[arg-type]
+                slices.append(TensorSlice.decode(buf, *_span(value)))
+        return cls(dtype, shape, shard, offset, size, crc, tuple(slices))
 
 
 def _entry_head(dtype: int, shape: tuple[int, ...]) -> bytes:
@@ -288,20 +306,20 @@ class BundleHeader:
         bad: list[int] = []
         for field, wire, value in iter_fields(buf):
             if field == 1 and wire == WIRE_VARINT:
-                num_shards = _signed64(value)  # type: ignore[arg-type]
+                num_shards = _signed64(value)
             elif field == 2 and wire == WIRE_VARINT:
-                endian = value  # type: ignore[assignment]
+                endian = _signed64(value)
             elif field == 3:
                 _expect(wire, WIRE_LEN, field, 0)
-                for f2, w2, v2 in iter_fields(buf, *value):  # type: ignore[misc]
+                for f2, w2, v2 in iter_fields(buf, *_span(value)):
                     if f2 == 1 and w2 == WIRE_VARINT:
-                        producer = _signed64(v2)  # type: ignore[arg-type]
+                        producer = _signed64(v2)
                     elif f2 == 2 and w2 == WIRE_VARINT:
-                        min_consumer = _signed64(v2)  # type: ignore[arg-type]
+                        min_consumer = _signed64(v2)
                     elif f2 == 3 and w2 == WIRE_VARINT:
-                        bad.append(_signed64(v2))  # type: ignore[arg-type]
+                        bad.append(_signed64(v2))
                     elif f2 == 3 and w2 == WIRE_LEN:
-                        pos, end = v2  # type: ignore[misc]
+                        pos, end = _span(v2)
                         while pos < end:
                             c, pos = get_varint(buf, pos, end)
                             bad.append(_signed64(c))

@@ -70,7 +70,8 @@ def slice_key_suffix(tslice: TensorSlice) -> bytes:
 def slice_bounds(tslice: TensorSlice, full_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """``(start, stop)`` per dimension, or ``ValueError`` if the slice does not fit."""
     if len(tslice.extents) != len(full_shape):
-        raise ValueError(f"slice has {len(tslice.extents)} extents for a rank-{len(full_shape)} tensor")
+        raise ValueError(f"slice has {len(tslice.extents)} extents for a "
+                         f"rank-{len(full_shape)} tensor")
     bounds = []
     for e, dim in zip(tslice.extents, full_shape):
         start, length = (0, dim) if e.length is None else (e.start, e.length)

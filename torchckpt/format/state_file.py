@@ -40,6 +40,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutsideDir
 from . import protos
 from ._files import os_errors_name
 from .naming import index_path, prefix_of
+from .storage import StorageOptions, is_remote, local_path
 
 STATE_FILENAME = "checkpoint"
 
@@ -76,7 +77,8 @@ def parse_state(text: str, path: str = STATE_FILENAME) -> CheckpointState:
     except text_format.ParseError as exc:
         raise CorruptCheckpointError(path, f"unparseable checkpoint state file: {exc}") from exc
     if not msg.model_checkpoint_path:
-        raise CorruptCheckpointError(path, "invalid checkpoint state: model_checkpoint_path is empty")
+        raise CorruptCheckpointError(path, "invalid checkpoint state: "
+                                     "model_checkpoint_path is empty")
     return CheckpointState(msg.model_checkpoint_path, list(msg.all_model_checkpoint_paths),
                            list(msg.all_model_checkpoint_timestamps),
                            msg.last_preserved_timestamp)
@@ -115,14 +117,22 @@ def _is_within(base: str, target: str) -> bool:
         return False
 
 
-def read_state(directory: str, latest_filename: str = STATE_FILENAME) -> CheckpointState | None:
+def read_state(directory: str, latest_filename: str = STATE_FILENAME, *,
+               storage_options: StorageOptions | None = None) -> CheckpointState | None:
     """The directory's state with resolved paths, or None when there is no state file.
+
+    ``directory`` may be an object-store URL (``remote_state.py``); its paths
+    then come back as URLs.
 
     Raises:
         CorruptCheckpointError: the file is unreadable or malformed.
         OutsideDirectoryError: it names a path outside ``directory`` (see the
             module docstring).
     """
+    if is_remote(directory):
+        from . import remote_state
+        return remote_state.read_state(directory, latest_filename, storage_options)
+    directory = local_path(directory)
     path = os.path.join(directory, latest_filename)
     try:
         with open(path, "rb") as f:
@@ -153,13 +163,25 @@ def _relative(directory: str, path: str) -> str:
 def write_state(directory: str, model_checkpoint_path: str,
                 all_model_checkpoint_paths: list[str] | None = None, *,
                 timestamps: list[float] | None = None, last_preserved_timestamp: float = 0.0,
-                latest_filename: str = STATE_FILENAME, sync: bool = True) -> None:
-    """Atomically (re)write the state file with paths relative to ``directory``.
+                latest_filename: str = STATE_FILENAME, sync: bool = True,
+                storage_options: StorageOptions | None = None) -> None:
+    """Atomically (re)write the state file with paths relative to ``directory``
+    (for a directory URL: one PUT, see ``remote_state.py``).
 
     Raises:
         CheckpointWriteError: the write failed (names the file); the previous
             state file is intact.
     """
+    if is_remote(directory):
+        from . import remote_state
+        remote_state.write_state(directory, model_checkpoint_path, all_model_checkpoint_paths,
+                                 timestamps=timestamps,
+                                 last_preserved_timestamp=last_preserved_timestamp,
+                                 latest_filename=latest_filename, storage_options=storage_options)
+        return
+    directory = local_path(directory)
+    model_checkpoint_path = local_path(model_checkpoint_path)
+    all_model_checkpoint_paths = [local_path(p) for p in all_model_checkpoint_paths or []]
     paths = list(all_model_checkpoint_paths or [])
     if not paths or paths[-1] != model_checkpoint_path:
         paths = [p for p in paths if p != model_checkpoint_path] + [model_checkpoint_path]
@@ -196,12 +218,17 @@ def state_temp_files(directory: str, latest_filename: str = STATE_FILENAME) -> l
     return sorted(os.path.join(directory, n) for n in names if pattern.fullmatch(n))
 
 
-def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME) -> str | None:
+def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME, *,
+                      storage_options: StorageOptions | None = None) -> str | None:
     """``tf.train.latest_checkpoint``: the newest prefix whose ``.index`` exists, else None.
 
     A dangling prefix yields None; one outside ``directory`` raises
-    :class:`~torchckpt.errors.OutsideDirectoryError` (:func:`read_state`).
+    :class:`~torchckpt.errors.OutsideDirectoryError` (:func:`read_state`). For
+    a directory URL the prefix is a URL.
     """
+    if is_remote(directory):
+        from . import remote_state
+        return remote_state.latest_checkpoint(directory, latest_filename, storage_options)
     state = read_state(directory, latest_filename)
     if state is None:
         return None
@@ -209,7 +236,8 @@ def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME) -> 
     return prefix if os.path.isfile(index_path(prefix)) else None
 
 
-def existing_latest(directory: str, latest_filename: str = STATE_FILENAME) -> str | None:
+def existing_latest(directory: str, latest_filename: str = STATE_FILENAME, *,
+                    storage_options: StorageOptions | None = None) -> str | None:
     """The prefix ``directory``'s state file names as newest; None without a state file.
 
     Stricter than :func:`latest_checkpoint`: a named prefix without an ``.index``
@@ -219,6 +247,9 @@ def existing_latest(directory: str, latest_filename: str = STATE_FILENAME) -> st
         CheckpointNotFoundError: the named prefix does not exist.
         CorruptCheckpointError, OutsideDirectoryError: see :func:`read_state`.
     """
+    if is_remote(directory):
+        from . import remote_state
+        return remote_state.existing_latest(directory, latest_filename, storage_options)
     state = read_state(directory, latest_filename)
     if state is None:
         return None
@@ -230,18 +261,24 @@ def existing_latest(directory: str, latest_filename: str = STATE_FILENAME) -> st
     return prefix
 
 
-def resolve_prefix(path: str) -> str:
+def resolve_prefix(path: str, *, storage_options: StorageOptions | None = None) -> str:
     """The checkpoint prefix ``path`` stands for: a prefix, a directory (its latest
     checkpoint, as ``tf.train`` takes it) or the name of a bundle file
     (``ckpt-1.index``, ``ckpt-1.data-00000-of-00001``).
 
     The one resolver of every entry point (restore, the reader, the CLI), so the
-    containment rule of :func:`read_state` holds for all of them.
+    containment rule of :func:`read_state` holds for all of them. An
+    object-store URL resolves to a URL (``remote_state.py``); a ``file://`` URL
+    to its local path.
 
     Raises:
         CheckpointNotFoundError: nothing to open at ``path``.
         CorruptCheckpointError, OutsideDirectoryError: a bad state file.
     """
+    if is_remote(path):
+        from . import remote_state
+        return remote_state.resolve_prefix(path, storage_options)
+    path = local_path(path)
     if os.path.isfile(index_path(path)):
         return path
     if os.path.isdir(path):

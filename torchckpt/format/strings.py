@@ -19,12 +19,19 @@ fails in a fraction of a second.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from . import _crc32c
-from ._coding import (MAX_VARINT64_BYTES, ChecksumDecodeError, DecodeError, get_fixed32,
-                      put_fixed32, put_varint)
+from ._coding import (
+    MAX_VARINT64_BYTES,
+    ChecksumDecodeError,
+    DecodeError,
+    get_fixed32,
+    put_fixed32,
+    put_varint,
+)
 
 # Lengths decoded per numpy step. Bounds the temporaries (the varint window is
 # up to 10 bytes per length, its terminator positions 8 bytes each: ~20 MiB)
@@ -33,7 +40,7 @@ _CHUNK = 1 << 18
 _U32_MAX = 0xFFFFFFFF
 
 
-def _fixed_len(n: int, byteorder: str = "little") -> bytes:
+def _fixed_len(n: int, byteorder: Literal["little", "big"] = "little") -> bytes:
     return n.to_bytes(4 if n <= _U32_MAX else 8, byteorder)
 
 

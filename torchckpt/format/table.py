@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence
 
 from . import _crc32c
-from ._coding import (ChecksumDecodeError, DecodeError, get_fixed32, get_varint, put_fixed32,
-                      put_varint)
+from ._coding import (
+    ChecksumDecodeError,
+    DecodeError,
+    get_fixed32,
+    get_varint,
+    put_fixed32,
+    put_varint,
+)
 from .block import BlockBuilder, iter_block
 
 BLOCK_SIZE = 256 * 1024  # TF table_options.h block_size (leveldb's own default is 4 KiB)

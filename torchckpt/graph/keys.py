@@ -15,7 +15,6 @@ Mirrors ``tensorflow/python/trackable/trackable_utils.py`` and
 
 from __future__ import annotations
 
-
 OBJECT_GRAPH_PROTO_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # constants.py
 VARIABLE_VALUE_KEY = "VARIABLE_VALUE"  # constants.py
 OBJECT_ATTRIBUTES_NAME = ".ATTRIBUTES"  # constants.py

@@ -67,7 +67,8 @@ class ObjectGraph:
             for c in node.children:
                 n.children.add(node_id=c.node_id, local_name=c.local_name)
             for a in node.attributes:
-                n.attributes.add(name=a.name, full_name=a.full_name, checkpoint_key=a.checkpoint_key)
+                n.attributes.add(name=a.name, full_name=a.full_name,
+                                 checkpoint_key=a.checkpoint_key)
             for s in node.slot_variables:
                 n.slot_variables.add(original_variable_node_id=s.original_variable_node_id,
                                      slot_name=s.slot_name,
@@ -143,7 +144,8 @@ class ObjectGraph:
         return FirstPaths(self.nodes)
 
     def describe(self, node_id: int, paths: "FirstPaths | None" = None) -> str:
-        """A readable name: ``model.fc.weight`` or ``optimizer state 'exp_avg' of model.fc.weight``."""
+        """A readable name: ``model.fc.weight``, or ``optimizer state 'exp_avg' of
+        model.fc.weight``."""
         return (paths or self.paths()).describe(node_id)
 
 

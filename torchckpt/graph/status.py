@@ -10,6 +10,12 @@ TensorFlow's ``CheckpointLoadStatus`` semantics (``python/checkpoint/checkpoint.
 * :meth:`RestoreStatus.expect_partial` - says partial restores are intended;
   torchckpt never warns at garbage collection, so it only returns the status.
 
+Per-rank values (``torchckpt/distributed/per_rank.py``) saved by a world of
+another size have no rank to go to: they are listed apart, as
+``unplaced_per_rank``, and fail :meth:`RestoreStatus.assert_consumed` like any
+value that was not restored. Other ranks' values of the same world are theirs,
+not unused.
+
 Failures raise :class:`~torchckpt.errors.UnmatchedError` listing readable paths.
 The status is computed on demand from a :class:`MatchSource`, so it reflects
 values that landed after ``restore()`` returned.
@@ -21,7 +27,7 @@ restored), while ``expect_partial()`` is fine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import UnmatchedError
@@ -29,12 +35,18 @@ from ..errors import UnmatchedError
 
 @dataclass(frozen=True)
 class MatchReport:
-    """A restore's bookkeeping as data; every entry is a readable path."""
+    """A restore's bookkeeping as data; every entry is a readable path.
+
+    ``unplaced_per_rank``: per-rank values that no rank of this world restores,
+    because the checkpoint was saved by a world of another size
+    (``rng.rank_1_of_2``); they are not in ``unused_in_checkpoint``.
+    """
 
     matched: list[str]
     unused_in_checkpoint: list[str]
     unmatched_live: list[str]
     pending: list[str]
+    unplaced_per_rank: list[str] = field(default_factory=list)
 
 
 class MatchSource(Protocol):
@@ -62,7 +74,8 @@ class RestoreStatus:
         """Every checkpoint value was applied and every live object got a value.
 
         Raises:
-            UnmatchedError: listing unused, pending and unmatched live paths.
+            UnmatchedError: listing unused, unplaced per-rank, pending and unmatched
+                live paths.
         """
         self._require_source()
         r = self.report()
@@ -70,6 +83,9 @@ class RestoreStatus:
         if r.unused_in_checkpoint:
             problems.append(_listing("checkpoint values not restored into any object",
                                      r.unused_in_checkpoint))
+        if r.unplaced_per_rank:
+            problems.append(_listing("per-rank values saved by a world of another size, "
+                                     "restored into no rank", r.unplaced_per_rank))
         if r.pending:
             problems.append(_listing("values still waiting for their objects", r.pending))
         if r.unmatched_live:
