@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from processes import run_isolated
 
 REPO = Path(__file__).resolve().parent.parent

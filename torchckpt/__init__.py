@@ -12,12 +12,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (AssignmentMapError, CheckpointLockedError, CheckpointNotFoundError,
-                     CheckpointWriteError, ChecksumMismatchError, ConversionError,
-                     CorruptCheckpointError, InvalidValueError, KeyNotFoundError,
-                     MismatchError, OutsideDirectoryError, RemoteStorageUnavailableError,
-                     TorchckptError, UnmatchedError,
-                     UnsupportedFormatError, UntrackableError)
+from .errors import (
+    AssignmentMapError,
+    CheckpointLockedError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    ChecksumMismatchError,
+    ConversionError,
+    CorruptCheckpointError,
+    InvalidValueError,
+    KeyNotFoundError,
+    MismatchError,
+    OutsideDirectoryError,
+    RemoteStorageUnavailableError,
+    TorchckptError,
+    UnmatchedError,
+    UnsupportedFormatError,
+    UntrackableError,
+)
 
 # Public name -> the module (relative to this package) that defines it.
 _LAZY: dict[str, str] = {
@@ -49,15 +61,20 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointOptions
-    from .graph.status import MatchReport, RestoreStatus
-    from .manager import CheckpointManager
-    from .rng import RNGState
+    from .convert import ConversionReport, convert_tf_checkpoint
     from .distributed.errors import CollectiveTimeoutError, DistributedCheckpointError
     from .distributed.per_rank import PerRank
-    from .convert import ConversionReport, convert_tf_checkpoint
+    from .graph.status import MatchReport, RestoreStatus
+    from .manager import CheckpointManager
+    from .reader import (
+        CheckpointReader,
+        latest_checkpoint,
+        list_variables,
+        load_checkpoint,
+        load_variable,
+    )
+    from .rng import RNGState
     from .state_dict import load_state_dict, save_state_dict
-    from .reader import (CheckpointReader, latest_checkpoint, list_variables, load_checkpoint,
-                         load_variable)
 
 __all__ = [
     # object-based checkpointing

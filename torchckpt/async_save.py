@@ -50,6 +50,10 @@ class AsyncSaver:
         self._error: BaseException | None = None
         self._buffers: dict[str, torch.Tensor] = {}
 
+    def release_buffers(self) -> None:
+        """Free the snapshot buffers (REQUIRES: no save in flight: :meth:`wait` first)."""
+        self._buffers = {}
+
     def wait(self) -> None:
         """Block until the save in flight is done; raise its error, if any."""
         thread = self._thread

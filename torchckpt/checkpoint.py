@@ -27,6 +27,7 @@ from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
 from .saving import SavePlan, plan_save, walk_live, write_plan
+from .staging import StagingBuffers
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Checkpoint:
         object.__setattr__(self, "_watchers", {})
         object.__setattr__(self, "_save_counter", None)
         object.__setattr__(self, "_async", AsyncSaver())
+        object.__setattr__(self, "_staging", StagingBuffers())
         for name, obj in objects.items():
             setattr(self, name, obj)
 
@@ -200,13 +202,15 @@ class Checkpoint:
             # each rank writes its own data file, rank 0 merges the index and runs ``after``;
             # synchronous (docs/distributed.md)
             return _distributed.write(self, prefix, sync=options.sync, group=options.group,
-                                      after=after, timeout=options.collective_timeout)
+                                      after=after, timeout=options.collective_timeout,
+                                      storage_options=options.storage_options)
         plan = plan_save(self)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             plan = _distributed.one_rank_plan(plan, prefix)  # this rank saves alone
 
         def job(plan: SavePlan = plan) -> None:
-            write_plan(plan, prefix, sync=options.sync, storage_options=options.storage_options)
+            write_plan(plan, prefix, sync=options.sync, storage_options=options.storage_options,
+                       staging=self._staging)
             if after is not None:
                 after(prefix)
 
@@ -271,13 +275,26 @@ class Checkpoint:
         prefix = resolve_prefix(os.fspath(save_path), storage_options=options.storage_options)
         device = torch.device(options.device) if options.device is not None else torch.device("cpu")
         session = RestoreSession.open(self, prefix, device=device,
-                                      storage_options=options.storage_options)
+                                      storage_options=options.storage_options,
+                                      staging=self._staging)
         session.start()  # the session lives on in the hooks it waits on, and in the status
         return RestoreStatus(session)
 
     def sync(self) -> None:
         """Wait for the asynchronous save in flight, re-raising its error if it failed."""
         self._async.wait()
+
+    def close(self) -> None:
+        """Wait for a save in flight (re-raising its error) and free the memory this
+        checkpoint keeps between saves: the asynchronous snapshot buffers and the GPU
+        staging buffers. The checkpoint stays usable; its next save allocates anew.
+        Garbage collection frees the same memory; ``close()`` makes it explicit.
+        """
+        try:
+            self._async.wait()
+        finally:
+            self._async.release_buffers()
+            self._staging.close()
 
 
 def _child_object(objects: dict[str, Any], name: str, value: Any) -> Any:

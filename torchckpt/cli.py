@@ -35,9 +35,9 @@ import numpy as np
 
 from .errors import TorchckptError
 from .format.bundle_reader import BundleReader, numel
-from .format.storage import is_remote, open_bundle
 from .format.dtypes import FIXED_WIDTH, dtype_name, enum_name, has_array_form
 from .format.state_file import read_state
+from .format.storage import is_remote, open_bundle
 from .graph.keys import OBJECT_ATTRIBUTES_NAME, OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
 from .graph.object_graph import FirstPaths, ObjectGraph
 from .reader import load_checkpoint

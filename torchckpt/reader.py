@@ -47,7 +47,6 @@ import torch
 
 from .adapters.tensors import array_to_tensor, torch_dtype_or_name
 from .errors import CorruptCheckpointError
-from .format.bundle_reader import BundleReader
 from .format.dtypes import FIXED_WIDTH, DataType, enum_name
 from .format.naming import data_path
 from .format.records import ENDIAN_LITTLE, BundleEntry

@@ -36,14 +36,14 @@ from .distributed.per_rank import PerRankAdapter, Placement
 from .distributed.reshard import copy_into, dtensor_like
 from .errors import CorruptCheckpointError, UnsupportedFormatError
 from .format import BundleReader
-from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
+from .format.dtypes import FIXED_WIDTH, DataType, dtype_name, has_array_form
 from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, open_bundle
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY
 from .graph.object_graph import GraphNode, ObjectGraph, readable_path
 from .graph.status import MatchReport
 from .saving import identity, walk_live
-from .staging import needs_staging, read_to_device, staging_buffers
+from .staging import StagingBuffers, needs_staging, read_to_device, staging_buffers
 
 # Python state (JSON) may nest at most this deep. The adapters that rebuild it
 # (state_dict decoders, type checks) recurse over it, so a file could otherwise
@@ -69,9 +69,11 @@ class BundleValue:
     """One checkpoint value, read when an adapter asks for it."""
 
     def __init__(self, reader: BundleReader, key: str, device: torch.device,
-                 batch: list[tuple[str, memoryview]] | None = None) -> None:
+                 batch: list[tuple[str, memoryview]] | None = None,
+                 staging: StagingBuffers | None = None) -> None:
         self._reader = reader
         self._batch = batch
+        self._staging = staging
         self.key = key
         entry = reader.entry(key)
         self.dtype = entry.dtype
@@ -92,7 +94,7 @@ class BundleValue:
             self._reader.payload_location(self.key)
         if self._direct() and needs_staging(device):  # onto the GPU, through pinned buffers
             out = torch.empty(self.shape, dtype=torch_dtype_of(self.dtype), device=device)
-            with staging_buffers() as buffers:
+            with staging_buffers(self._staging) as buffers:
                 read_to_device(self._reader, self.key, out, buffers)
             return out
         if self._direct():
@@ -109,7 +111,7 @@ class BundleValue:
         in_place = dest.is_contiguous() and self._direct() and not dest.is_conj() \
             and not dest.is_neg()
         if in_place and needs_staging(dest.device):  # a GPU tensor: through the pinned buffers
-            with staging_buffers() as buffers:
+            with staging_buffers(self._staging) as buffers:
                 read_to_device(self._reader, self.key, dest, buffers)
         elif in_place and dest.device.type == "cpu":
             if self._batch is not None and dest.numel():
@@ -179,8 +181,10 @@ class RestoreSession:
     """
 
     def __init__(self, root: Any, reader: BundleReader, graph: ObjectGraph, *,
-                 device: torch.device, registry: AdapterRegistry = default_registry) -> None:
+                 device: torch.device, registry: AdapterRegistry = default_registry,
+                 staging: StagingBuffers | None = None) -> None:
         self.root = root
+        self._staging = staging  # the owner's GPU staging buffers (a Checkpoint's)
         self.reader: BundleReader | None = reader
         self.graph = graph
         self.paths = graph.paths()
@@ -203,7 +207,8 @@ class RestoreSession:
     @classmethod
     def open(cls, root: Any, prefix: str, *, device: torch.device,
              registry: AdapterRegistry = default_registry,
-             storage_options: StorageOptions | None = None) -> "RestoreSession":
+             storage_options: StorageOptions | None = None,
+             staging: StagingBuffers | None = None) -> "RestoreSession":
         """Read the object graph of the bundle at ``prefix`` (a path, or a URL read
         through fsspec with ``storage_options``: ``format/remote_reader.py``).
 
@@ -227,7 +232,7 @@ class RestoreSession:
         except BaseException:
             reader.close()
             raise
-        return cls(root, reader, graph, device=device, registry=registry)
+        return cls(root, reader, graph, device=device, registry=registry, staging=staging)
 
     # --- binding -------------------------------------------------------------------------
 
@@ -260,9 +265,11 @@ class RestoreSession:
         per_rank = adapter if isinstance(adapter, PerRankAdapter) else None
         if node.attributes and per_rank is not None and per_rank.per_rank:
             self.unplaced.append(node_id)  # saved by one process: no rank of this world owns it
-        elif node.attributes:
+        elif node.attributes and all(self._decodable(a.checkpoint_key) for a in node.attributes):
             adapter.restore({a.name: self._value(a.checkpoint_key) for a in node.attributes})
             self.applied.add(node_id)
+        # else: values no torch object can take (a tf.data iterator's DT_VARIANT state, whose
+        # key TF does not even store under the graph's name) stay unused in the report
         for ref in node.children:
             if per_rank is not None and self._placed_elsewhere(per_rank, ref.local_name,
                                                                ref.node_id):
@@ -334,8 +341,13 @@ class RestoreSession:
             self.applied.add(slot_node)
         return done
 
+    def _decodable(self, key: str) -> bool:
+        """Whether ``key`` is in the bundle with a dtype that decodes to a value."""
+        reader = self._open_reader()
+        return key in reader and has_array_form(reader.entry(key).dtype)
+
     def _value(self, key: str) -> BundleValue:
-        return BundleValue(self._open_reader(), key, self._device, self._reads)
+        return BundleValue(self._open_reader(), key, self._device, self._reads, self._staging)
 
     def _open_reader(self) -> BundleReader:
         if self.reader is None:  # cannot happen: the reader is released only when idle

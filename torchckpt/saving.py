@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Hashable, cast, Iterable
+from typing import Any, Hashable, Iterable, cast
 
 import torch
 
@@ -21,10 +21,16 @@ from .adapters.tensors import tensor_to_buffer, tf_dtype_of
 from .errors import UntrackableError
 from .format import BundleWriter
 from .format.storage import StorageOptions, is_remote, local_path, staged_bundle
-from .graph.keys import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY, format_key, object_path, slot_path
+from .graph.keys import (
+    OBJECT_GRAPH_PROTO_KEY,
+    VARIABLE_VALUE_KEY,
+    format_key,
+    object_path,
+    slot_path,
+)
 from .graph.object_graph import Attribute, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.traversal import Walk, breadth_first
-from .staging import device_chunks, needs_staging, staging_buffers
+from .staging import StagingBuffers, device_chunks, needs_staging, staging_buffers
 
 
 def identity(obj: Any) -> Hashable:
@@ -129,19 +135,21 @@ def host_tensor(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]],
+                staging: StagingBuffers | None = None) -> None:
     """Add each ``(key, tensor)`` to ``writer``, in order, from wherever the tensor lives.
 
     Host tensors are written from their own memory in one bulk call; tensors on
-    a device (GPU) through the two pinned staging buffers (:mod:`.staging`),
-    piece by piece, so host memory stays bounded.
+    a device (GPU) through the two pinned staging buffers (:mod:`.staging`) of
+    ``staging`` (or buffers for this call only), piece by piece, so host memory
+    stays bounded.
     """
     buffers: list[torch.Tensor] | None = None
     with contextlib.ExitStack() as stack:
         for on_device, run in groupby(tensors, key=lambda kv: needs_staging(kv[1].device)):
             if on_device:
                 if buffers is None:  # borrowed for the rest of this save, on first need
-                    buffers = stack.enter_context(staging_buffers())
+                    buffers = stack.enter_context(staging_buffers(staging))
                 for key, t in run:
                     writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
                                       t.shape)
@@ -151,7 +159,8 @@ def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]
 
 
 def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True,
-               storage_options: StorageOptions | None = None) -> str:
+               storage_options: StorageOptions | None = None,
+               staging: StagingBuffers | None = None) -> str:
     """Write ``plan`` as the bundle ``prefix`` (atomic; see :class:`BundleWriter`).
 
     Host tensors are written from their own memory; tensors on a device (GPU)
@@ -161,11 +170,11 @@ def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True,
     """
     if is_remote(prefix):
         with staged_bundle(prefix, storage_options) as staged:
-            write_plan(plan, staged.prefix, sync=False)
+            write_plan(plan, staged.prefix, sync=False, staging=staging)
         return prefix
     writer = BundleWriter(local_path(prefix), sync=sync)
     try:
-        add_tensors(writer, plan.tensors)
+        add_tensors(writer, plan.tensors, staging)
         for key, text in plan.strings:
             writer.add_strings(key, [text.encode("utf-8")], ())
         writer.add_strings(OBJECT_GRAPH_PROTO_KEY, [plan.graph.to_bytes()], ())

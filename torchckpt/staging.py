@@ -13,8 +13,10 @@ The same code runs for any device; without CUDA the buffers are ordinary
 host memory and the copies synchronous (which is how the tests exercise it
 on machines without a GPU).
 
-Thread-safety: one set of buffers per process, lent to one save or restore at
-a time (:func:`staging_buffers` holds a lock).
+Ownership: the buffers belong to a :class:`StagingBuffers` object (each
+``Checkpoint`` has one, freed by ``Checkpoint.close()`` or with the checkpoint);
+nothing is kept at module level. Thread-safety: one set is lent to one save or
+restore at a time.
 """
 
 from __future__ import annotations
@@ -31,9 +33,6 @@ from .format import BundleReader
 
 STAGING_BYTES = 16 << 20  # per buffer: large enough for full-speed copies, two fit in 64 MiB
 
-_lock = threading.Lock()
-_buffers: list[torch.Tensor] = []
-
 
 def needs_staging(device: torch.device) -> bool:
     """Whether tensors on ``device`` live outside host memory (so their bytes must be
@@ -41,16 +40,45 @@ def needs_staging(device: torch.device) -> bool:
     return device.type not in ("cpu", "meta")
 
 
+class StagingBuffers:
+    """Two staging buffers of :data:`STAGING_BYTES` (uint8, pinned when CUDA is available),
+    allocated on first use and kept until :meth:`close`: pinning memory costs more than
+    using it, so an owner that saves or restores repeatedly (a ``Checkpoint``) keeps
+    one set. Lent to one save or restore at a time (:meth:`lend` holds a lock).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffers: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[list[torch.Tensor]]:
+        with self._lock:
+            if not self._buffers:
+                pin = torch.cuda.is_available()
+                self._buffers = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=pin)
+                                 for _ in range(2)]
+            yield self._buffers
+
+    def close(self) -> None:
+        """Free the buffers (idempotent); a later :meth:`lend` allocates new ones."""
+        with self._lock:
+            self._buffers = []
+
+
 @contextlib.contextmanager
-def staging_buffers() -> Iterator[list[torch.Tensor]]:
-    """Lend this process's two staging buffers (uint8, pinned when CUDA is available),
-    allocated on first use and kept: pinning memory costs more than using it."""
-    with _lock:
-        if not _buffers:
-            pin = torch.cuda.is_available()
-            _buffers.extend(torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=pin)
-                            for _ in range(2))
-        yield _buffers
+def staging_buffers(owner: StagingBuffers | None = None) -> Iterator[list[torch.Tensor]]:
+    """Lend ``owner``'s buffers; without an owner, buffers for this call only, freed on exit."""
+    if owner is not None:
+        with owner.lend() as buffers:
+            yield buffers
+        return
+    own = StagingBuffers()
+    try:
+        with own.lend() as buffers:
+            yield buffers
+    finally:
+        own.close()
 
 
 def _byte_view(t: torch.Tensor) -> torch.Tensor:

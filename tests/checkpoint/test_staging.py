@@ -36,7 +36,6 @@ TENSORS = {
 @pytest.fixture
 def tiny_staging(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(staging, "STAGING_BYTES", 48)
-    monkeypatch.setattr(staging, "_buffers", [])
 
 
 @pytest.mark.parametrize("name", list(TENSORS))
@@ -154,3 +153,28 @@ def test_cuda_state_saves_and_restores_through_pinned_buffers(tmp_path) -> None:
         key = next(k for k in r.keys() if k.startswith(b"model/0/weight"))
         assert torch.equal(torch.from_numpy(r.read_array(key)), model[0].weight.cpu())
     assert os.path.exists(prefix + ".index")
+
+
+def test_staging_buffers_belong_to_their_checkpoint_and_close_frees_them(tiny_staging,
+                                                                         monkeypatch,
+                                                                         tmp_path) -> None:
+    """No module-level buffers: a checkpoint keeps its own set between saves (pinning costs
+    more than using), ``close()`` frees them, and the checkpoint stays usable."""
+    monkeypatch.setattr(staging, "needs_staging", lambda device: True)  # as if on a GPU
+    monkeypatch.setattr(saving, "needs_staging", lambda device: True)
+    assert not any(isinstance(v, list) and v and isinstance(v[0], torch.Tensor)
+                   for v in vars(staging).values())
+    model = _model()
+    ckpt = torchckpt.Checkpoint(model=model)
+    ckpt.write(str(tmp_path / "a"))
+    kept = ckpt._staging._buffers
+    assert len(kept) == 2 and all(b.numel() == 48 for b in kept)
+    ckpt.write(str(tmp_path / "b"))
+    assert ckpt._staging._buffers is kept  # reused, not reallocated
+    ckpt.close()
+    assert ckpt._staging._buffers == []
+    ckpt.write(str(tmp_path / "c"))  # still usable
+    fresh = _model()
+    torchckpt.Checkpoint(model=fresh).read(str(tmp_path / "c")).assert_consumed()
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 fresh.state_dict().values()))

@@ -65,3 +65,14 @@ def test_restore_carries_on_past_the_iterator(tf_models) -> None:
     status = torchckpt.Checkpoint(model=torch.nn.Linear(4, 5)).restore(tf_models / "iterator")
     report = status.report()
     assert "train_iterator" in report.unused_in_checkpoint + report.pending
+
+
+def test_restore_with_a_live_object_at_the_iterator_reports_it_unmatched(tf_models) -> None:
+    """A torch object bound where TF kept a tf.data iterator gets no value (the state is
+    TF's opaque DT_VARIANT) and the restore goes on: the rest lands, the report says so."""
+    loader_state = torchckpt.Checkpoint(position=0)
+    ckpt = torchckpt.Checkpoint(model=torch.nn.Linear(4, 5), train_iterator=loader_state)
+    report = ckpt.restore(tf_models / "iterator").report()
+    assert any(p.startswith("train_iterator") for p in report.unused_in_checkpoint)
+    assert any(p.startswith("train_iterator") for p in report.unmatched_live)
+    assert loader_state.position == 0

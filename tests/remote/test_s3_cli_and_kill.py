@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
-from processes import run_isolated
 
 import torchckpt
+from processes import run_isolated
 from torchckpt.cli import main as cli
 from torchckpt.errors import RemoteStorageUnavailableError
 from torchckpt.format import storage

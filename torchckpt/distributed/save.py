@@ -38,13 +38,16 @@ anyone); ``CheckpointManager`` removes those of its numbered prefixes.
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import UntrackableError
 from ..format.commit import discard_temps
-from ..format.naming import new_token
+from ..format.naming import data_path, index_path, new_token, temp_path
+from ..format.storage import StorageOptions, basename, dirname, filesystem, is_remote
 from ..graph.keys import OBJECT_GRAPH_PROTO_KEY
 from ..graph.object_graph import ObjectGraph
 from ..saving import SavePlan, plan_save
@@ -80,7 +83,8 @@ class _Plan:
 
 def write(root: Any, prefix: str, *, sync: bool = True, group: Any = None,
           after: Callable[[str], None] | None = None,
-          timeout: float = DEFAULT_TIMEOUT_S) -> str:
+          timeout: float = DEFAULT_TIMEOUT_S,
+          storage_options: StorageOptions | None = None) -> str:
     """Write ``root``'s checkpoint to ``prefix`` from every rank of ``group`` (a collective).
 
     Args:
@@ -92,6 +96,7 @@ def write(root: Any, prefix: str, *, sync: bool = True, group: Any = None,
         after: called with ``prefix`` on rank 0 once the index is durable and before
             any rank returns (``Checkpoint.save`` writes the state file here).
         timeout: seconds to wait for every rank to call ``write`` (step 0).
+        storage_options: for an object-store URL ``prefix`` (fsspec's options).
 
     Returns:
         ``prefix``, on every rank, once the checkpoint is committed.
@@ -108,7 +113,12 @@ def write(root: Any, prefix: str, *, sync: bool = True, group: Any = None,
         raise CollectiveTimeoutError(prefix, ranks=[comm.global_rank(r) for r in joined.absent],
                                      world=comm.size, timeout=timeout, detail=joined.detail)
     try:
-        return _write(root, prefix, comm, sync, after)
+        if not is_remote(prefix):
+            return _write(root, prefix, comm, sync, after, _Files(prefix))
+        with tempfile.TemporaryDirectory(prefix="torchckpt-upload-") as tmp:
+            files = _Files(os.path.join(tmp, basename(prefix)),
+                           remote=prefix, fs=filesystem(prefix, storage_options))
+            return _write(root, prefix, comm, sync, after, files)
     except CollectiveError as exc:
         raise DistributedCheckpointError(
             prefix, f"lost contact with the other ranks ({exc}); the checkpoint exists only if "
@@ -116,8 +126,37 @@ def write(root: Any, prefix: str, *, sync: bool = True, group: Any = None,
             "file after it)") from exc
 
 
+class _Files:
+    """Where the ranks write the bundle: ``prefix`` itself on a shared file system; for an
+    object-store URL, a local staging prefix per rank whose sealed data file each rank
+    uploads to its final name, rank 0 uploading the index last (no rename on such
+    stores: the index is the commit marker, as in ``format/storage.py``)."""
+
+    def __init__(self, local: str, *, remote: str | None = None, fs: Any = None) -> None:
+        self.local, self.remote, self.fs = local, remote, fs
+
+    def retire_old_index(self) -> None:
+        """Rank 0, before any rank replaces a data file: an older version of the remote
+        prefix stops existing first, so no reader ever sees its index over new data."""
+        if self.remote is not None and self.fs.exists(index_path(self.remote)):
+            self.fs.rm_file(index_path(self.remote))
+            self.fs.invalidate_cache(dirname(self.remote))
+
+    def publish_data(self, rank: int, world: int, token: str) -> None:
+        if self.remote is not None:
+            sealed = temp_path(data_path(self.local, rank, world), token)
+            self.fs.put_file(sealed, data_path(self.remote, rank, world))
+
+    def publish_index(self) -> None:
+        if self.remote is not None:
+            self.fs.put_file(index_path(self.local), index_path(self.remote))
+            self.fs.invalidate_cache(dirname(self.remote))
+
+
 def _write(root: Any, prefix: str, comm: Comm, sync: bool,
-           after: Callable[[str], None] | None) -> str:
+           after: Callable[[str], None] | None, files: _Files) -> str:
+    if comm.rank == 0:
+        files.retire_old_index()
     plan, failed = _plan(root, comm)
     rows = _agree(prefix, comm, plan, failed)
     token = str(rows[0][2])
@@ -131,23 +170,24 @@ def _write(root: Any, prefix: str, comm: Comm, sync: bool,
     owners = assign_owners(plan.items, loads) + [comm.rank] * len(plan.own)
     payload = b""
     try:
-        payload = encode_entries(write_shard(prefix, comm.rank, comm.size,
+        payload = encode_entries(write_shard(files.local, comm.rank, comm.size,
                                              plan.items + plan.own, owners, graph_bytes,
                                              sync=sync, token=token))
+        files.publish_data(comm.rank, comm.size, token)
     except Exception as exc:
         failed = failed or exc
     rows = comm.all_gather_ints([failed is not None, len(payload)])
     if comm.rank == 0 and any(row[0] for row in rows):
-        discard_temps(prefix, token)
+        discard_temps(files.local, token)
     _check(prefix, rows, "could not write its data file (see that rank's error)", failed)
     parts = comm.gather_bytes(payload, [row[1] for row in rows])
     failed = None
     if comm.rank == 0:
         try:
-            _commit(prefix, comm.size, parts, expected, sync, after, token)
+            _commit(prefix, comm.size, parts, expected, sync, after, token, files)
         except Exception as exc:
             failed = exc
-            discard_temps(prefix, token)  # keeps those of a commit already recorded
+            discard_temps(files.local, token)  # keeps those of a commit already recorded
     if comm.broadcast_int(failed is not None):
         detail = f": {failed}" if failed is not None else " (see rank 0's error)"
         raise DistributedCheckpointError(prefix, f"rank 0 could not merge, write the index or "
@@ -219,7 +259,7 @@ def _check(prefix: str, rows: list[list[int]], what: str, mine: Exception | None
 
 
 def _commit(prefix: str, world: int, parts: list[bytes], expected: set[bytes], sync: bool,
-            after: Callable[[str], None] | None, token: str) -> None:
+            after: Callable[[str], None] | None, token: str, files: _Files) -> None:
     from ..format import write_index
 
     try:
@@ -231,7 +271,8 @@ def _commit(prefix: str, world: int, parts: list[bytes], expected: set[bytes], s
     if missing:
         raise DistributedCheckpointError(prefix, f"no rank wrote {missing[:5]}"
                                          f"{' ...' if len(missing) > 5 else ''}")
-    write_index(prefix, world, merged, sync=sync, token=token)
+    write_index(files.local, world, merged, sync=sync, token=token)
+    files.publish_index()
     if after is not None:
         after(prefix)
 
