@@ -559,14 +559,7 @@ def test_random_forged_python_state_is_refused_or_harmless(tmp_path_factory, sav
         assert same(snapshot(run, owner), before), (owner, path, value)
         return
     # accepted: the loader, optimizer, scheduler, scaler and generators all still work
-    try:
-        batches = list(run.data)
-    except InvalidValueError as exc:
-        # The one check left to iter(): how many generators the loader draws from is
-        # compared with the live DataLoader there (a loader built differently from the
-        # checkpointed one), so the state can be loaded before the DataLoader is final.
-        assert exc.field == "generators" and owner == "data", exc
-        return
+    batches = list(run.data)
     assert all(isinstance(b, torch.Tensor) for b in batches)
     list(run.data)
     train_step(run.model, run.opt, run.scaler)

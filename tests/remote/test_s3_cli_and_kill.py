@@ -92,3 +92,26 @@ def test_a_url_without_the_remote_extra_names_it(monkeypatch) -> None:
     with pytest.raises(RemoteStorageUnavailableError, match=r"torchckpt\[remote\]"):
         torchckpt.load_checkpoint("s3://bucket/run")
     assert storage.is_remote("s3://bucket/run") and not storage.is_remote("/local/run")
+
+
+def test_converter_reads_a_keras_checkpoint_from_s3(s3) -> None:
+    """load_tf_weights takes a URL like any path: the Keras fixture, uploaded, converts into
+    the torch model with Keras' outputs."""
+    import s3fs
+    from torch import nn
+
+    from torchckpt.convert import load_tf_weights
+
+    fixture = os.path.join(os.path.dirname(__file__), "..", "data", "tf", "keras2_adam")
+    fs = s3fs.S3FileSystem()
+    for name in ("checkpoint", "ckpt-1.index", "ckpt-1.data-00000-of-00001"):
+        fs.put_file(os.path.join(fixture, name), f"{s3}/keras/{name}")
+    net = nn.Sequential(nn.Linear(6, 7), nn.Sigmoid(), nn.LayerNorm(7, eps=1e-5),
+                        nn.Linear(7, 3))
+    report = load_tf_weights(net, f"{s3}/keras")
+    assert report.ok and report.transforms["0.weight"] == "transpose(1, 0)"
+    import numpy as np
+    with np.load(os.path.join(fixture, "ckpt-1.expected.npz"), allow_pickle=False) as ref:
+        x, y = ref["__input__"], ref["__output__"]
+    with torch.no_grad():
+        assert torch.allclose(net(torch.from_numpy(x)), torch.from_numpy(y), atol=1e-5)

@@ -99,7 +99,7 @@ class _EpochStart:
                         field: str = "epoch_start") -> _EpochStart:
         """The saved start of a pass, checked: host RNG states (``rng.check_host_rng``) and
         one state per generator, each one a generator of its kind accepts (those past
-        ``live``'s count as a CPU generator's; the count is compared at ``iter()``).
+        ``live``'s count as a CPU generator's; the caller compares the counts).
 
         Raises:
             InvalidValueError: naming the field, expected and found.
@@ -424,8 +424,9 @@ class ResumableLoader:
                           length_bound(self.loader))
         start = None
         if as_bool(state_dict["in_epoch"], "in_epoch"):
-            start = _EpochStart.from_state_dict(state_dict.get("epoch_start"),
-                                                _own_generators(self.loader))
+            gens = _own_generators(self.loader)
+            start = _EpochStart.from_state_dict(state_dict.get("epoch_start"), gens)
+            _check_generator_count(len(start.generators), len(gens))  # refused now, not at iter()
         self._epoch, self._consumed, self._start = epoch, consumed, start
         self._resume_pending = start is not None
         self._token = object()  # iterators from before the restore stop reporting
