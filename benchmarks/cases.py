@@ -205,6 +205,29 @@ class CheckpointApi(Case):
         return live_tensors(self.ds)
 
 
+class StateDictApi(Case):
+    """``torchckpt.save_state_dict(state)`` / ``torchckpt.load_state_dict`` + ``copy_``: the
+    plain-state-dict pair, measured as the peers are (their loader, then ``copy_``)."""
+
+    def __init__(self, ds: Dataset, folder: str) -> None:
+        super().__init__(ds, folder)
+        self.prefix = os.path.join(folder, "state")
+        import torchckpt  # noqa: F401  # imports happen outside the timed phases
+
+    def save(self) -> None:
+        import torchckpt
+
+        torchckpt.save_state_dict(self.ds.tensors, self.prefix)
+
+    def restore(self) -> None:
+        import torchckpt
+
+        loaded = torchckpt.load_state_dict(self.prefix)
+        with torch.no_grad():
+            for name, t in self.ds.tensors.items():
+                t.copy_(loaded[name])
+
+
 class TorchSave(Case):
     """``torch.save(state)`` / ``torch.load(mmap=True, weights_only=True)`` + ``copy_``."""
 
@@ -268,7 +291,8 @@ class Dcp(Case):
 CASES: dict[str, type[Case]] = {
     "limit": Limit, "torchckpt": FormatLayer, "torchckpt-fsync": FormatLayerFsync,
     "torchckpt-nocrc": FormatLayerNoCrc,
-    "checkpoint": CheckpointApi, "torch": TorchSave, "safetensors": Safetensors, "dcp": Dcp,
+    "checkpoint": CheckpointApi, "state-dict": StateDictApi, "torch": TorchSave,
+    "safetensors": Safetensors, "dcp": Dcp,
 }
 ALL_CASES = (*CASES, "tensorflow")
 

@@ -54,14 +54,15 @@ LABELS = {
     "torchckpt-fsync": "torchckpt format layer, sync=True (fsync)",
     "torchckpt-nocrc": "torchckpt format layer, restore with verify_checksums=False",
     "checkpoint": "torchckpt.Checkpoint write / read",
+    "state-dict": "torchckpt.save_state_dict / load_state_dict + copy_",
     "torch": "torch.save / torch.load(mmap=True) + copy_",
     "safetensors": "safetensors save_file / load_file + copy_",
     "dcp": "torch.distributed.checkpoint (no fsync)",
     "tensorflow": "TensorFlow tf.train.Checkpoint write / read",
 }
 SMALL_LIMIT_LABEL = "the limit (batched writev / preadv)"
-DEFAULT_CASES = ("limit", "torchckpt", "torchckpt-fsync", "torchckpt-nocrc", "checkpoint", "torch",
-                 "safetensors", "dcp", "tensorflow")
+DEFAULT_CASES = ("limit", "torchckpt", "torchckpt-fsync", "torchckpt-nocrc", "checkpoint",
+                 "state-dict", "torch", "safetensors", "dcp", "tensorflow")
 README_BEGIN = "<!-- results:begin -->"
 README_END = "<!-- results:end -->"
 
@@ -239,6 +240,10 @@ def format_acceptance(results: dict[str, dict[str, list[Result]]]) -> str:
             r = ratio(ds, "checkpoint", "torchckpt", phase)
             if r is not None:
                 _check(lines, f"3f: {ds} Checkpoint {phase} <= 1.3x format layer", r, r <= 1.3,
+                       f"{r:.2f}x")
+            r = ratio(ds, "state-dict", "torchckpt", phase)
+            if r is not None:
+                _check(lines, f"state dicts: {ds} {phase} <= 1.3x format layer", r, r <= 1.3,
                        f"{r:.2f}x")
     return "\n".join(lines) + "\n"
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, OutsideDirectoryError
+from ..errors import CheckpointNotFoundError, OutsideDirectoryError
 from . import storage
 from .naming import index_path, prefix_of
-from .state_file import STATE_FILENAME, CheckpointState, parse_state, render_state
+from .state_file import STATE_FILENAME, CheckpointState, decode_state, listed_paths, render_state
 from .storage import StorageOptions
 
 _MAX_STATE_BYTES = 1 << 24  # a state file is small; never read an unbounded object
@@ -50,15 +50,7 @@ def read_state(directory: str, latest_filename: str = STATE_FILENAME,
     raw = storage.read_bytes(url, storage_options, limit=_MAX_STATE_BYTES)
     if raw is None:
         return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorruptCheckpointError(url, "checkpoint state file is not UTF-8 text") from exc
-    state = parse_state(text, url)
-    return CheckpointState(
-        contained_url(directory, state.model_checkpoint_path, url),
-        [contained_url(directory, p, url) for p in state.all_model_checkpoint_paths],
-        list(state.all_model_checkpoint_timestamps), state.last_preserved_timestamp)
+    return decode_state(raw, url, lambda named: contained_url(directory, named, url))
 
 
 def _relative(directory: str, path: str) -> str:
@@ -77,9 +69,7 @@ def write_state(directory: str, model_checkpoint_path: str,
     Raises:
         CheckpointWriteError: the upload failed; the previous state file is intact.
     """
-    paths = list(all_model_checkpoint_paths or [])
-    if not paths or paths[-1] != model_checkpoint_path:
-        paths = [p for p in paths if p != model_checkpoint_path] + [model_checkpoint_path]
+    paths = listed_paths(model_checkpoint_path, all_model_checkpoint_paths)
     state = CheckpointState(_relative(directory, model_checkpoint_path),
                             [_relative(directory, p) for p in paths],
                             list(timestamps or []), last_preserved_timestamp)

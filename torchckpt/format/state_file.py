@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import Callable
 
 from google.protobuf import text_format
 
@@ -139,15 +140,34 @@ def read_state(directory: str, latest_filename: str = STATE_FILENAME, *,
             raw = f.read(1 << 24)  # a state file is small; never read an unbounded file
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    return decode_state(raw, path, lambda named: contained_path(directory, named, path))
+
+
+def decode_state(raw: bytes, path: str, contain: Callable[[str], str]) -> CheckpointState:
+    """Parse state-file bytes read from ``path``; each path it names goes through
+    ``contain`` (which joins it to the directory, or raises ``OutsideDirectoryError``).
+
+    Raises:
+        CorruptCheckpointError: not UTF-8, or not a valid state file.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CorruptCheckpointError(path, "checkpoint state file is not UTF-8 text") from exc
     state = parse_state(text, path)
-    return CheckpointState(
-        contained_path(directory, state.model_checkpoint_path, path),
-        [contained_path(directory, p, path) for p in state.all_model_checkpoint_paths],
-        list(state.all_model_checkpoint_timestamps), state.last_preserved_timestamp)
+    return CheckpointState(contain(state.model_checkpoint_path),
+                           [contain(p) for p in state.all_model_checkpoint_paths],
+                           list(state.all_model_checkpoint_timestamps),
+                           state.last_preserved_timestamp)
+
+
+def listed_paths(model_checkpoint_path: str, all_model_checkpoint_paths: list[str] | None
+                 ) -> list[str]:
+    """``all_model_checkpoint_paths`` ending with the newest, as TF keeps them."""
+    paths = list(all_model_checkpoint_paths or [])
+    if not paths or paths[-1] != model_checkpoint_path:
+        paths = [p for p in paths if p != model_checkpoint_path] + [model_checkpoint_path]
+    return paths
 
 
 def _relative(directory: str, path: str) -> str:
@@ -182,9 +202,7 @@ def write_state(directory: str, model_checkpoint_path: str,
     directory = local_path(directory)
     model_checkpoint_path = local_path(model_checkpoint_path)
     all_model_checkpoint_paths = [local_path(p) for p in all_model_checkpoint_paths or []]
-    paths = list(all_model_checkpoint_paths or [])
-    if not paths or paths[-1] != model_checkpoint_path:
-        paths = [p for p in paths if p != model_checkpoint_path] + [model_checkpoint_path]
+    paths = listed_paths(model_checkpoint_path, all_model_checkpoint_paths)
     state = CheckpointState(_relative(directory, model_checkpoint_path),
                             [_relative(directory, p) for p in paths],
                             list(timestamps or []), last_preserved_timestamp)
