@@ -206,7 +206,7 @@ class CheckpointApi(Case):
 
 
 class StateDictApi(Case):
-    """``torchckpt.save_state_dict(state)`` / ``torchckpt.load_state_dict`` + ``copy_``: the
+    """``torchckpt.save_state_dict(state)`` / ``load_state_dict(mmap=True)`` + ``copy_``: the
     plain-state-dict pair, measured as the peers are (their loader, then ``copy_``)."""
 
     def __init__(self, ds: Dataset, folder: str) -> None:
@@ -222,7 +222,7 @@ class StateDictApi(Case):
     def restore(self) -> None:
         import torchckpt
 
-        loaded = torchckpt.load_state_dict(self.prefix)
+        loaded = torchckpt.load_state_dict(self.prefix, mmap=True)
         with torch.no_grad():
             for name, t in self.ds.tensors.items():
                 t.copy_(loaded[name])

@@ -54,7 +54,7 @@ LABELS = {
     "torchckpt-fsync": "torchckpt format layer, sync=True (fsync)",
     "torchckpt-nocrc": "torchckpt format layer, restore with verify_checksums=False",
     "checkpoint": "torchckpt.Checkpoint write / read",
-    "state-dict": "torchckpt.save_state_dict / load_state_dict + copy_",
+    "state-dict": "torchckpt.save_state_dict / load_state_dict(mmap=True) + copy_",
     "torch": "torch.save / torch.load(mmap=True) + copy_",
     "safetensors": "safetensors save_file / load_file + copy_",
     "dcp": "torch.distributed.checkpoint (no fsync)",
