@@ -217,7 +217,7 @@ class StateDictApi(Case):
     def save(self) -> None:
         import torchckpt
 
-        torchckpt.save_state_dict(self.ds.tensors, self.prefix)
+        torchckpt.save_state_dict(self.ds.tensors, self.prefix, sync=False)  # as the format case
 
     def restore(self) -> None:
         import torchckpt
