@@ -1,4 +1,4 @@
-"""Async saving on the CPU (issue 7 e): how long ``save()`` blocks, beside a plain memcpy.
+"""Async saving on the CPU: how long ``save()`` blocks, beside a plain memcpy.
 
     python benchmarks/async_cpu.py              # model3g (3 GiB), 5 saves, ~1-2 min
     python benchmarks/async_cpu.py --quick      # 8 layers (0.4 GiB)
@@ -106,7 +106,7 @@ def render(times: dict[str, float], extra: dict[str, float], runs: int, quick: b
              "| what | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in times.items()]
     verdict = "holds" if extra["steady/memcpy"] <= 1.5 else "**fails**"
-    lines += ["", f"7e: steady-state blocking / memcpy into existing buffers (median of the "
+    lines += ["", f"steady-state blocking / memcpy into existing buffers (median of the "
               f"per-save ratios, each memcpy run just before its save) = "
               f"**{extra['steady/memcpy']:.2f}x** (limit 1.5x): {verdict}. First save / memcpy "
               f"into fresh memory = {extra['first/fresh']:.2f}x. Training steps run while the "
@@ -121,7 +121,7 @@ def write_readme(report: str) -> None:
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     if not rest:
-        head, tail = text.rstrip("\n") + "\n\n## Async saving on the CPU (issue 7 e)\n\n", "\n"
+        head, tail = text.rstrip("\n") + "\n\n## Async saving on the CPU\n\n", "\n"
     open(path, "w", encoding="utf-8").write(f"{head}{BEGIN}\n{report}\n{END}{tail}")
 
 

@@ -6,11 +6,11 @@ of its state, in a fixed order. Values are deterministic and cheap to make
 tensors are equal), because drawing 3 GiB of random numbers takes longer than
 the benchmark itself on a 2-core machine.
 
-* ``model3g`` (issue 7): 64 ``Linear(2048, 2048)`` plus Adam state after one
+* ``model3g`` 64 ``Linear(2048, 2048)`` plus Adam state after one
   step: 128 parameters + 128 x (step, exp_avg, exp_avg_sq) = 512 float32
   tensors, 3.0 GiB.
-* ``small50k`` (issues 2 and 7): 50,000 tensors of 256 float32 (48.8 MiB).
-* ``gib150`` (issue 2): 1 GiB of float32 in 150 tensors: 128 matrices of
+* ``small50k``: 50,000 tensors of 256 float32 (48.8 MiB).
+* ``gib150``: 1 GiB of float32 in 150 tensors: 128 matrices of
   2048 x 1024 and 22 vectors of 1024.
 
 ``--quick`` shrinks them (``model3g`` to 8 layers = 384 MiB, ``small50k`` to

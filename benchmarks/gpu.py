@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 7 f): saving CUDA state, async blocking time, restoring onto the GPU.
+"""GPU benchmark: saving CUDA state, async blocking time, restoring onto the GPU.
 
     python benchmarks/gpu.py                 # ~4 GiB of CUDA state, 3 interleaved runs, < 4 min
     python benchmarks/gpu.py --size-gib 1 --runs 2 --readme
@@ -275,7 +275,7 @@ def report(args: argparse.Namespace, device: torch.device, state: State,
         lines.append(f"| {case} | failed | {err} | |")
     lim, fmt = med.get("limits", {}), med.get("torchckpt format, pinned staging", {})
     api, st = med.get("torchckpt Checkpoint", {}), med.get("safetensors", {})
-    lines += ["", "Issue 7 f:", ""]
+    lines += ["", "Targets:", ""]
 
     def check(what: str, ok: bool | None, shown: str) -> None:
         lines.append(f"- {what}: {shown} -> {'n/a' if ok is None else 'holds' if ok else 'FAILS'}")

@@ -209,7 +209,7 @@ def _check(lines: list[str], what: str, value: float | None, ok: bool | None, sh
 
 
 def format_acceptance(results: dict[str, dict[str, list[Result]]]) -> str:
-    """Issue 7 a-d and issue 3 f, from the medians of per-round ratios of this run."""
+    """The speed and memory targets, from the medians of per-round ratios of this run."""
     lines = ["| criterion | measured | verdict |", "|---|---|---|"]
 
     def ratio(ds: str, case: str, base: str, phase: str) -> float | None:
@@ -218,28 +218,28 @@ def format_acceptance(results: dict[str, dict[str, list[Result]]]) -> str:
             return None
         return _ratio_median(per[case], per[base], phase)
 
-    for phase, letter in (("save", "a"), ("restore", "b")):
+    for phase in ("save", "restore"):
         r = ratio("model3g", "torchckpt", "limit", phase)
-        _check(lines, f"7{letter}: 3 GiB {phase} <= 1.25x limit", r, r is not None and r <= 1.25,
+        _check(lines, f"3 GiB {phase} <= 1.25x limit", r, r is not None and r <= 1.25,
                f"{r:.2f}x" if r else "")
     for peer, need in (("dcp", 5), ("tensorflow", 30)):
         r = ratio("model3g", peer, "torchckpt", "restore")
-        _check(lines, f"7b: 3 GiB restore >= {need}x faster than {peer}", r,
+        _check(lines, f"3 GiB restore >= {need}x faster than {peer}", r,
                r is not None and r >= need, f"{r:.1f}x" if r else "")
     for phase in ("save", "restore"):
         r = ratio("small50k", "safetensors", "torchckpt", phase)
-        _check(lines, f"7c: 50,000 tensors {phase} >= 4x faster than safetensors", r,
+        _check(lines, f"50,000 tensors {phase} >= 4x faster than safetensors", r,
                r is not None and r >= 4, f"{r:.1f}x" if r else "")
     rs = results.get("model3g", {}).get("torchckpt")
     for phase in ("save", "restore"):
         peak = max(r.anon[phase] for r in rs) if rs else None
-        _check(lines, f"7d: 3 GiB {phase}, peak extra anon < 64 MiB", peak,
+        _check(lines, f"3 GiB {phase}, peak extra anon < 64 MiB", peak,
                peak is not None and peak < 64 * 2**20, f"{_mib(peak)} MiB" if rs else "")
     for ds in ("model3g", "small50k", "gib150"):
         for phase in ("save", "restore"):
             r = ratio(ds, "checkpoint", "torchckpt", phase)
             if r is not None:
-                _check(lines, f"3f: {ds} Checkpoint {phase} <= 1.3x format layer", r, r <= 1.3,
+                _check(lines, f"{ds}: Checkpoint {phase} <= 1.3x format layer", r, r <= 1.3,
                        f"{r:.2f}x")
             r = ratio(ds, "state-dict", "torchckpt", phase)
             if r is not None:

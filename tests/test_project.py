@@ -1,4 +1,4 @@
-"""Acceptance (f): the README's quick start, ``scripts/test.sh`` and ``.ci/run`` agree,
+"""The README's quick start, ``scripts/test.sh`` and ``.ci/run`` agree,
 and a run that requires TensorFlow fails, rather than skips, without it."""
 
 from __future__ import annotations

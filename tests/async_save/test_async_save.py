@@ -1,4 +1,4 @@
-"""Asynchronous saving (issue 7, Build 3): snapshot semantics and error surfacing."""
+"""Asynchronous saving: snapshot semantics and error surfacing."""
 
 from __future__ import annotations
 

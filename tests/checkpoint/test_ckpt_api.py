@@ -1,4 +1,4 @@
-"""``torchckpt.Checkpoint`` has ``tf.train.Checkpoint``'s semantics (issue 3, Build 1-4).
+"""``torchckpt.Checkpoint`` has ``tf.train.Checkpoint``'s semantics.
 
 save/write numbering and the state file, restore/read and ``save_counter``,
 ``restore(None)``, attributes assigned after construction, untrackable values

@@ -1,4 +1,4 @@
-"""Issue 3, acceptance (e): nothing is pickled, and restoring runs no code named by the file.
+"""Nothing is pickled, and restoring runs no code named by the file.
 
 * An AST scan of the whole ``torchckpt`` package finds no pickle-family import
   and no call that could unpickle or evaluate (``torch.load``, ``np.load``,

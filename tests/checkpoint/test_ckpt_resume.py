@@ -1,4 +1,4 @@
-"""Issue 3, acceptance (a) and (b): torch -> torch restores are bit-exact.
+"""Torch-to-torch restores are bit-exact.
 
 (a) For each of Adam, AdamW, SGD (momentum) and RMSprop, with an LR scheduler,
 a CPU GradScaler and a data generator: train K steps, save, train N more (the

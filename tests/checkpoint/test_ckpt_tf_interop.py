@@ -1,12 +1,12 @@
-"""Issue 3, acceptance (c) and (d), against real TensorFlow.
+"""torchckpt and real TensorFlow read each other's object-based checkpoints.
 
-(c) TensorFlow reads a torchckpt checkpoint of a model + Adam: ``list_variables``
+TensorFlow reads a torchckpt checkpoint of a model + Adam: ``list_variables``
 lists every parameter, buffer and slot with its shape; ``CheckpointView`` parses
 the object graph and its slot links; a mirror built from ``tf.Module``s with
 the same attribute names (the tied weight one shared ``tf.Variable``) restores
 with ``assert_existing_objects_matched()`` and equal values; keys look like TF's.
 
-(d) torchckpt reads what TensorFlow writes: a ``tf.Module`` tree (with a list,
+torchckpt reads what TensorFlow writes: a ``tf.Module`` tree (with a list,
 a dict, several dtypes) saved by TF restores into a torch module tree with the
 same names.
 """

@@ -1,4 +1,4 @@
-"""Device tensors go to and from the files through two small staging buffers (issue 7, Build 4).
+"""Device tensors go to and from the files through two small staging buffers.
 
 The staged path is device-agnostic: here it runs on CPU tensors (the
 ``needs_staging`` decision is forced) with buffers of a few dozen bytes, so

@@ -1,4 +1,4 @@
-"""Acceptance (d): the ``torchckpt`` command line on every TF fixture and on torchckpt-written
+"""The ``torchckpt`` command line on every TF fixture and on torchckpt-written
 checkpoints; ``verify`` catches a flipped byte; ``convert --raw`` writes safetensors that
 ``safetensors.torch.load_file`` reads (``convert --model``: tests/cli/test_cli_convert.py)."""
 

@@ -1,4 +1,4 @@
-"""Acceptance (a) on the golden TF fixtures: hand-written torch models reproduce ``__output__``.
+"""On the golden TF fixtures: hand-written torch models reproduce ``__output__``.
 
 No TensorFlow needed: the fixtures (tests/data/tf, real TF 2.21 checkpoints)
 carry TF's own forward pass.

@@ -1,4 +1,4 @@
-"""Acceptance (b): train N steps in TF, convert with optimizer state, M steps in torch == N+M in TF.
+"""Train N steps in TF, convert with optimizer state, M steps in torch == N+M in TF.
 
 TensorFlow trains Dense(tanh) -> LayerNormalization -> Dense with MSE for
 N = 3 steps, saves ``tf.train.Checkpoint(model, optimizer)``, and trains M = 3

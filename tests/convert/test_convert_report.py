@@ -1,4 +1,4 @@
-"""Acceptance (c): the report names every unmatched name on both sides and every transform;
+"""The report names every unmatched name on both sides and every transform;
 ``strict=True`` raises, listing them, and leaves the module untouched. No TensorFlow needed."""
 
 from __future__ import annotations

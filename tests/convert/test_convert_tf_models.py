@@ -1,4 +1,4 @@
-"""Acceptance (a) on models TensorFlow makes for this run: equal outputs after conversion.
+"""On models TensorFlow makes for this run: equal outputs after conversion.
 
 The models (``convert_tf_models.py``) and their torch twins (``convert_torch_models.py``):
 a CNN with BatchNorm, grouped, depthwise, separable and transposed convolutions

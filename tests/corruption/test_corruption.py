@@ -1,4 +1,4 @@
-"""Acceptance (d): damaged or forged input raises a torchckpt error naming the file and key.
+"""Damaged or forged input raises a torchckpt error naming the file and key.
 
 Mirrors tensor_bundle_test.cc (FlipByte, TruncatedTensorContents, Endianness).
 Each case copies a TF-written fixture into ``tmp_path``, damages it, and checks

@@ -1,4 +1,4 @@
-"""Acceptance (d), fuzzed: damaged real checkpoints raise only torchckpt errors.
+"""Fuzzed: damaged real checkpoints raise only torchckpt errors.
 
 Bytes of TF-written fixtures are flipped or cut at offsets hypothesis picks,
 in the ``.index``, the ``.data`` shard and the ``checkpoint`` state file; a

@@ -1,4 +1,4 @@
-"""Acceptance (a): sharded saves restored bit-exactly on other world sizes and meshes.
+"""Sharded saves restored bit-exactly on other world sizes and meshes.
 
 4 ranks save DDP + Adam, FSDP2 (``fully_shard`` on CPU/gloo) + Adam and
 DTensors on a 2x2 mesh; 2 ranks restore them (4 -> 2), save again, and 4

@@ -1,4 +1,4 @@
-"""Acceptance (c): each rank writes only its own data file, and each value exactly once.
+"""Each rank writes only its own data file, and each value exactly once.
 
 ``dist_harness.measure_shard_writes`` records, per rank and save, the bytes
 its ``write_shard`` passed to write syscalls (``wchar`` in /proc/self/io); it

@@ -1,4 +1,4 @@
-"""Acceptance (a): every tensor of every TF-written fixture reads back bit-exactly.
+"""Every tensor of every TF-written fixture reads back bit-exactly.
 
 The expected values are what TensorFlow's own ``get_tensor`` returned when the
 fixtures were made (tests/data/tf/README.md); no TensorFlow is needed here.

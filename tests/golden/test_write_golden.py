@@ -1,4 +1,4 @@
-"""Acceptance (b), without TensorFlow: re-writing every TF fixture gives TF's bytes.
+"""Without TensorFlow: re-writing every TF fixture gives TF's bytes.
 
 Each tensor is read through the public reader (as torch tensors) and written
 back through the torch adapter and ``BundleWriter`` in TF's order; the

@@ -1,4 +1,4 @@
-"""Acceptance (e): TensorFlow and torchckpt share one process in either import order.
+"""TensorFlow and torchckpt share one process in either import order.
 
 torchckpt builds its protobuf classes in a private descriptor pool, so neither
 library's registrations clash with the other's. Each order runs in a fresh

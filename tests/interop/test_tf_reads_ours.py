@@ -1,4 +1,4 @@
-"""Acceptance (c): TensorFlow 2.21 reads what torchckpt writes.
+"""TensorFlow 2.21 reads what torchckpt writes.
 
 ``tf.train.load_checkpoint(...).get_tensor``, ``tf.train.list_variables``,
 ``inspect_checkpoint`` and ``tf.train.latest_checkpoint`` on a bundle written

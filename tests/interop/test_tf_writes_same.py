@@ -1,4 +1,4 @@
-"""Acceptance (b): for the same tensors, our ``.index``/``.data`` equal what TF 2.21 writes.
+"""For the same tensors, our ``.index``/``.data`` equal what TF 2.21 writes.
 
 TensorFlow writes each case into ``tmp_path`` during the test; torchckpt then
 writes the same torch tensors in TF's order and the files must be identical.

@@ -1,4 +1,4 @@
-"""Issue 4, acceptance (c): a 2 GiB model built on the meta device restores with peak
+"""A 2 GiB model built on the meta device restores with peak
 resident memory under 1.2x the model size, and without any initializer running.
 
 Two fresh interpreters (``meta_rss_script.py``): one writes the checkpoint, one

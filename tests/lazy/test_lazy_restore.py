@@ -1,4 +1,4 @@
-"""Issue 4, acceptance (a), (b), (d) and Build 3: values that wait for their objects.
+"""Values that wait for their objects.
 
 (a) objects attached to the Checkpoint after ``restore()``; (b) lazy modules
 restored before their first forward; (d) Adam restored before its first step

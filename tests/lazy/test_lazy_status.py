@@ -1,4 +1,4 @@
-"""Issue 4, acceptance (e): each status assertion fails with a readable list exactly when
+"""Each status assertion fails with a readable list exactly when
 it should. A table of restores - exact, missing, extra, pending (attached later and
 lazy), nothing matched, no checkpoint - against every assertion, with the
 ``MatchReport`` each must produce.

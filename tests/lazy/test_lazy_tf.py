@@ -1,4 +1,4 @@
-"""Issue 4, acceptance (f): a TensorFlow-written object-based checkpoint of a ``tf.Module``
+"""A TensorFlow-written object-based checkpoint of a ``tf.Module``
 tree restores *lazily* into a torch model with the same names: attached after
 ``restore()``, built from lazy modules, or built on the meta device.
 """

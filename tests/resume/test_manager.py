@@ -157,7 +157,7 @@ def test_relative_directory_gives_relative_paths(tmp_path, monkeypatch):
 
 
 def test_moved_directory_still_resolves_and_keeps_pruning(tmp_path):
-    """Acceptance e."""
+    """A moved directory keeps resolving and pruning."""
     src, dst = tmp_path / "here", tmp_path / "elsewhere" / "run"
     m = CheckpointManager(_ckpt(), src, max_to_keep=2)
     for v in range(3):

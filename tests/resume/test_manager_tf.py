@@ -148,7 +148,7 @@ def test_same_saves_same_checkpoints_and_state_file_as_tensorflow(tf, tmp_path, 
 
 
 def test_tensorflow_and_torchckpt_take_turns_in_one_directory(tf, tmp_path):
-    """Acceptance e: each reads the other's state file and checkpoints."""
+    """Each reads the other's state file and checkpoints."""
     directory = str(tmp_path / "run")
     ours = torchckpt.Checkpoint(w=torch.zeros(3))
     mine = CheckpointManager(ours, directory, max_to_keep=3)

@@ -1,4 +1,4 @@
-"""Acceptance (a): a training run killed at a random step after a save and resumed in a
+"""A training run killed at a random step after a save and resumed in a
 fresh process gives bitwise the same per-step losses and final parameters as a run that
 never stopped.
 
