@@ -606,3 +606,52 @@ def test_forged_stateful_loader_state_is_refused(tmp_path, path, value, field) -
         Checkpoint(data=live).restore(forged)
     assert info.value.key == py_state("data") and info.value.field == field, str(info.value)
     assert len(list(live)) == 7  # untouched: a whole fresh epoch
+
+
+def _lbfgs_run(tmp_path) -> tuple[str, Callable[[], tuple[torch.nn.Module, Any]]]:
+    def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        return model, torch.optim.LBFGS(model.parameters(), lr=1, history_size=3)
+
+    model, opt = setup()
+    for _ in range(2):
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = model(torch.ones(4, 3)).square().mean()
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return Checkpoint(model=model, opt=opt).save(str(tmp_path / "c")), setup
+
+
+@pytest.mark.parametrize("what", ["longer-than-history", "unequal-lengths", "short-al",
+                                  "wrong-size-direction"])
+def test_forged_lbfgs_history_is_refused_at_restore(tmp_path, what) -> None:
+    """step() indexes LBFGS's history lists by each other's lengths and multiplies the flat
+    direction tensors with the gradient: a history it would run past is refused first."""
+    path, setup = _lbfgs_run(tmp_path)
+
+    def change(state: Any) -> Any:
+        history = state["state"]["0"]
+        if what == "longer-than-history":
+            for key in ("old_dirs", "old_stps", "ro", "al"):
+                history[key] = history[key] * 4  # past history_size=3
+        elif what == "unequal-lengths":
+            history["ro"] = history["ro"] * 2
+        elif what == "short-al":
+            history["al"] = []
+        return state
+
+    changes: dict[str, Any] = {"opt/.ATTRIBUTES/py_state": change}
+    if what == "wrong-size-direction":
+        with BundleReader(path) as r:
+            state = json.loads(r.read_array("opt/.ATTRIBUTES/py_state").item())
+        index = state["state"]["0"]["old_dirs"][0]["__tensor__"]
+        changes = {f"opt/.ATTRIBUTES/tensor_{index}": torch.zeros(5)}
+    forged = forge(path, str(tmp_path / "forged"), changes)
+    model, opt = setup()
+    with pytest.raises(InvalidValueError) as info:
+        Checkpoint(model=model, opt=opt).restore(forged)
+    assert "opt/.ATTRIBUTES/py_state" in str(info.value) or "tensor_" in str(info.value)
+    assert not opt.state  # nothing landed

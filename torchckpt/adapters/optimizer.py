@@ -27,7 +27,7 @@ import torch
 
 from ..errors import CorruptCheckpointError, InvalidValueError, MismatchError
 from ..graph.keys import PY_STATE_KEY
-from .owners import OPTIMIZER_STATE, check_optimizer_group
+from .owners import OPTIMIZER_STATE, check_lbfgs_history, check_optimizer_group
 from .registry import Adapter, ValueSource
 from .schema import as_real, check_state
 from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
@@ -123,7 +123,9 @@ class OptimizerAdapter(Adapter):
             param = params[int(index)]
             live = {k: v for k, v in self.obj.state.get(param, {}).items()
                     if not isinstance(v, torch.Tensor)}
-            out.append((param, check_state(other, live, OPTIMIZER_STATE, f"state[{index!r}]")))
+            checked = check_state(other, live, OPTIMIZER_STATE, f"state[{index!r}]")
+            check_lbfgs_history(self.obj, checked, f"state[{index!r}]")
+            out.append((param, checked))
         return out
 
     def restore_slot(self, variable: Any, slot_name: str, value: ValueSource,

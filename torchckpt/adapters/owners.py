@@ -118,6 +118,43 @@ OPTIMIZER_STATE = Schema(real_ints=True, finite=False, fields={
 })
 
 
+#: LBFGS's curvature history: pairs of flat direction / step tensors and their 0-d
+#: ``ro``; ``al`` is the scratch list ``step()`` indexes by history position.
+_LBFGS_PAIRS = ("old_dirs", "old_stps", "ro")
+
+
+def check_lbfgs_history(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                        field: str) -> None:
+    """Refuse an LBFGS history that ``step()`` would index past, or whose tensors do not
+    fit the parameters (found lists must agree in length, hold at most ``history_size``
+    entries, with ``al`` at least as long, and flat tensors of the parameters' size).
+
+    Raises:
+        InvalidValueError: naming the field.
+    """
+    if not isinstance(optimizer, torch.optim.LBFGS) or not any(k in state for k in _LBFGS_PAIRS):
+        return
+    group = optimizer.param_groups[0]
+    flat = sum(p.numel() for p in group["params"])
+    lists: dict[str, list[Any]] = {}
+    for key in _LBFGS_PAIRS:
+        value = state.get(key)
+        if not isinstance(value, list):
+            refuse(f"{field}.{key}", "a list (LBFGS history)", value)
+        lists[key] = value
+    n = len(lists["old_dirs"])
+    if any(len(v) != n for v in lists.values()) or n > group["history_size"]:
+        refuse(f"{field}.old_dirs", "old_dirs, old_stps and ro of one length <= history_size "
+               f"({group['history_size']})", {k: len(v) for k, v in lists.items()})
+    al = state.get("al")
+    if al is not None and (not isinstance(al, list) or len(al) < n):
+        refuse(f"{field}.al", f"a list of at least {n} entries", al)
+    for key, numel in (("old_dirs", flat), ("old_stps", flat), ("ro", 1)):
+        for i, t in enumerate(lists[key]):
+            if not isinstance(t, torch.Tensor) or t.numel() != numel or not t.is_floating_point():
+                refuse(f"{field}.{key}[{i}]", f"a floating tensor of {numel} elements", t)
+
+
 # --- LR schedulers -------------------------------------------------------------------------
 
 def _milestones(found: Any, live: Any, field: str, schema: Schema) -> Any:
