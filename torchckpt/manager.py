@@ -89,7 +89,7 @@ from .checkpoint import Checkpoint, CheckpointOptions
 from .distributed import DistributedCheckpointError
 from .errors import CheckpointLockedError
 from .format import remote_state
-from .format.commit import COMMIT_RECORD_SUFFIX, complete_commit, record_path
+from .format.commit import COMMIT_RECORD_SUFFIX, complete_commit
 from .format.naming import bundle_files, final_path_of_temp, index_path, prefix_of, temp_files
 from .format.state_file import (
     STATE_FILENAME,
@@ -424,9 +424,8 @@ class CheckpointManager:
             path = os.path.join(self._directory, name)
             final = final_path_of_temp(name)
             if final is not None:
-                owner = prefix_of(final.removesuffix(COMMIT_RECORD_SUFFIX))
-                if numbered.fullmatch(owner) and not os.path.exists(
-                        record_path(os.path.join(self._directory, owner))):
+                # every commit record was completed above: no temporary file is committed data
+                if numbered.fullmatch(prefix_of(final.removesuffix(COMMIT_RECORD_SUFFIX))):
                     _remove(path)
                 continue
             owner = prefix_of(name)

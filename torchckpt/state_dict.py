@@ -188,7 +188,7 @@ def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = 
         map_location: the device of the tensors (default CPU), as
             ``torch.load``'s ``map_location`` takes a device.
         mmap: CPU tensors share pages with the data file, copy-on-write
-            (``torch.load(mmap=True)``): nothing is read until used, beyond
+            (as torch's own mmap loading does): nothing is read until used, beyond
             the checksum pass when ``verify_checksums``. Local paths only.
         verify_checksums: verify every tensor's CRC32C (default).
         storage_options: fsspec filesystem arguments for a URL.

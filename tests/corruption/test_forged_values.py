@@ -415,6 +415,16 @@ def test_saved_scheduler_states_restore(tmp_path, make) -> None:
         else sched2.step()
 
 
+def _closure_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    """One optimizer step with a closure (LBFGS needs one; the others accept it)."""
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = model(torch.ones(4, 3)).square().mean()
+        loss.backward()
+        return loss
+    opt.step(closure)
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: torch.optim.LBFGS(ps, lr=1, history_size=3),
     lambda ps: torch.optim.RMSprop(ps, momentum=0.5, centered=True),
@@ -430,23 +440,15 @@ def test_saved_optimizer_states_restore(tmp_path, make) -> None:
         model = torch.nn.Linear(3, 2)
         return model, make(model.parameters())
 
-    def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = model(torch.ones(4, 3)).square().mean()
-            loss.backward()
-            return loss
-        opt.step(closure)
-
     model, opt = setup()
-    step(model, opt)
-    step(model, opt)
+    _closure_step(model, opt)
+    _closure_step(model, opt)
     path = Checkpoint(model=model, opt=opt).save(str(tmp_path / "c"))
     model2, opt2 = setup()
     Checkpoint(model=model2, opt=opt2).restore(path).assert_consumed()
     assert same(opt2.state_dict(), opt.state_dict())
-    step(model, opt)
-    step(model2, opt2)
+    _closure_step(model, opt)
+    _closure_step(model2, opt2)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
 
 
@@ -615,13 +617,8 @@ def _lbfgs_run(tmp_path) -> tuple[str, Callable[[], tuple[torch.nn.Module, Any]]
         return model, torch.optim.LBFGS(model.parameters(), lr=1, history_size=3)
 
     model, opt = setup()
-    for _ in range(2):
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = model(torch.ones(4, 3)).square().mean()
-            loss.backward()
-            return loss
-        opt.step(closure)
+    _closure_step(model, opt)
+    _closure_step(model, opt)
     return Checkpoint(model=model, opt=opt).save(str(tmp_path / "c")), setup
 
 

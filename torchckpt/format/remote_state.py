@@ -77,16 +77,6 @@ def write_state(directory: str, model_checkpoint_path: str,
                         render_state(state).encode("utf-8"), storage_options)
 
 
-def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME,
-                      storage_options: StorageOptions | None = None) -> str | None:
-    """As :func:`.state_file.latest_checkpoint`, for a directory URL."""
-    state = read_state(directory, latest_filename, storage_options)
-    if state is None:
-        return None
-    prefix = state.model_checkpoint_path
-    return prefix if storage.exists(index_path(prefix), storage_options) else None
-
-
 def existing_latest(directory: str, latest_filename: str = STATE_FILENAME,
                     storage_options: StorageOptions | None = None) -> str | None:
     """As :func:`.state_file.existing_latest`, for a directory URL."""

@@ -244,14 +244,10 @@ def latest_checkpoint(directory: str, latest_filename: str = STATE_FILENAME, *,
     :class:`~torchckpt.errors.OutsideDirectoryError` (:func:`read_state`). For
     a directory URL the prefix is a URL.
     """
-    if is_remote(directory):
-        from . import remote_state
-        return remote_state.latest_checkpoint(directory, latest_filename, storage_options)
-    state = read_state(directory, latest_filename)
-    if state is None:
+    try:
+        return existing_latest(directory, latest_filename, storage_options=storage_options)
+    except CheckpointNotFoundError:
         return None
-    prefix = state.model_checkpoint_path
-    return prefix if os.path.isfile(index_path(prefix)) else None
 
 
 def existing_latest(directory: str, latest_filename: str = STATE_FILENAME, *,
