@@ -9,15 +9,12 @@ order TensorFlow writes them in), and commits the bundle atomically.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from itertools import groupby
-from typing import Any, Hashable, Iterable, cast
+from typing import Any, Hashable, cast
 
 import torch
 
 from .adapters import AdapterRegistry, ValueSlot, default_registry
-from .adapters.tensors import tensor_to_buffer, tf_dtype_of
 from .errors import UntrackableError
 from .format import BundleWriter
 from .format.storage import StorageOptions, is_remote, local_path, staged_bundle
@@ -30,7 +27,8 @@ from .graph.keys import (
 )
 from .graph.object_graph import Attribute, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.traversal import Walk, breadth_first
-from .staging import StagingBuffers, device_chunks, needs_staging, staging_buffers
+from .staging import StagingBuffers
+from .transfer import add_tensors
 
 
 def identity(obj: Any) -> Hashable:
@@ -123,39 +121,6 @@ def _mark_values(nodes: list[GraphNode]) -> None:
                 flags[i] = changed = True
     for n, f in zip(nodes, flags):
         n.has_checkpoint_values = f
-
-
-def host_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU tensor with ``t``'s value (``t`` itself when it already is one)."""
-    t = t.detach()
-    if t.device.type != "cpu" or not t.is_contiguous():
-        t = t.to("cpu", copy=False).contiguous()
-    if t.is_conj() or t.is_neg():
-        t = t.resolve_conj().resolve_neg()
-    return t
-
-
-def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]],
-                staging: StagingBuffers | None = None) -> None:
-    """Add each ``(key, tensor)`` to ``writer``, in order, from wherever the tensor lives.
-
-    Host tensors are written from their own memory in one bulk call; tensors on
-    a device (GPU) through the two pinned staging buffers (:mod:`.staging`) of
-    ``staging`` (or buffers for this call only), piece by piece, so host memory
-    stays bounded.
-    """
-    buffers: list[torch.Tensor] | None = None
-    with contextlib.ExitStack() as stack:
-        for on_device, run in groupby(tensors, key=lambda kv: needs_staging(kv[1].device)):
-            if on_device:
-                if buffers is None:  # borrowed for the rest of this save, on first need
-                    buffers = stack.enter_context(staging_buffers(staging))
-                for key, t in run:
-                    writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
-                                      t.shape)
-            else:  # one bulk call: add_many pauses the cyclic GC, skips per-call overhead
-                writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
-                                for key, t in ((k, host_tensor(v)) for k, v in run))
 
 
 def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True,

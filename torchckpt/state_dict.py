@@ -44,8 +44,8 @@ from .format.naming import data_path
 from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, is_remote, local_path, open_bundle, staged_bundle
 from .graph.keys import VARIABLE_VALUE_KEY, format_key, object_path
-from .saving import add_tensors
 from .staging import needs_staging, read_to_device, staging_buffers
+from .transfer import add_tensors
 
 STRUCTURE_KEY = "_TORCHCKPT_NESTED_STRUCTURE"
 FORMAT_VERSION = 1

@@ -34,7 +34,7 @@ from torchckpt.format import BundleReader, BundleWriter, DataType
 from torchckpt.format.records import Extent, TensorSlice
 from torchckpt.format.table import iter_table, max_key_bytes
 from torchckpt.graph.object_graph import PATH_NAMES_SHOWN
-from torchckpt.restoring import MAX_JSON_DEPTH, BundleValue
+from torchckpt.transfer import MAX_JSON_DEPTH, BundleValue
 
 PROBE = os.path.join(os.path.dirname(__file__), "resource_probe.py")
 MIB = 1 << 20

@@ -19,7 +19,7 @@ from ..adapters.tensors import tensor_to_buffer
 from ..format import BundleWriter
 from ..format.records import BundleEntry
 from ..graph.keys import OBJECT_GRAPH_PROTO_KEY
-from ..saving import host_tensor
+from ..transfer import host_tensor
 from .layout import box_shape, full_box, tensor_slice
 from .planning import Item, Kind, writes_chunk
 
