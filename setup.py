@@ -1,8 +1,10 @@
-"""Build the optional C accelerator ``torchckpt.format._native`` (x86-64 only).
+"""Build the optional C accelerators: ``torchckpt.format._native`` (x86-64 only) and
+``torchckpt.graph._wire_native`` (everywhere).
 
 Everything else is in ``pyproject.toml``. The extension is ``optional``: where
 it does not compile (no C compiler, another architecture), the install goes on
-and torchckpt uses the ``crc32c`` package instead (``torchckpt/format/_io.py``).
+and torchckpt uses the ``crc32c`` package (``torchckpt/format/_io.py``) and the
+Python graph codec (``torchckpt/graph/wire.py``) instead.
 """
 
 import platform
@@ -18,5 +20,14 @@ if sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64",
         extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra"],
         optional=True,
     ))
+
+# The object-graph codec is portable C: built everywhere, optional too (torchckpt then
+# uses the Python codec of torchckpt/graph/wire.py).
+ext_modules.append(Extension(
+    "torchckpt.graph._wire_native",
+    sources=["torchckpt/graph/_wire_native.c"],
+    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"] if sys.platform != "win32" else [],
+    optional=True,
+))
 
 setup(ext_modules=ext_modules)

@@ -212,7 +212,8 @@ class StateDictApi(Case):
     def __init__(self, ds: Dataset, folder: str) -> None:
         super().__init__(ds, folder)
         self.prefix = os.path.join(folder, "state")
-        import torchckpt  # noqa: F401  # imports happen outside the timed phases
+        # imports happen outside the timed phases (``torchckpt`` loads its modules on first use)
+        import torchckpt.state_dict  # noqa: F401
 
     def save(self) -> None:
         import torchckpt

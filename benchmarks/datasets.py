@@ -10,11 +10,15 @@ the benchmark itself on a 2-core machine.
   step: 128 parameters + 128 x (step, exp_avg, exp_avg_sq) = 512 float32
   tensors, 3.0 GiB.
 * ``small50k``: 50,000 tensors of 256 float32 (48.8 MiB).
+* ``adam50k``: 12,500 parameters of 256 float32 plus Adam state after one step:
+  12,500 x (step, exp_avg, exp_avg_sq) = 50,000 tensors (36.7 MiB); the
+  ``Checkpoint`` case saves them as parameters and optimizer slots.
 * ``gib150``: 1 GiB of float32 in 150 tensors: 128 matrices of
   2048 x 1024 and 22 vectors of 1024.
 
-``--quick`` shrinks them (``model3g`` to 8 layers = 384 MiB, ``small50k`` to
-10,000 tensors, ``gib150`` to 16 matrices = 128 MiB) to check the harness.
+``--quick`` shrinks them (``model3g`` to 8 layers = 384 MiB, ``small50k`` and
+``adam50k`` to 10,000 tensors, ``gib150`` to 16 matrices = 128 MiB) to check the
+harness.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-DATASETS = ("model3g", "small50k", "gib150")
+DATASETS = ("model3g", "small50k", "adam50k", "gib150")
 
 
 @dataclass
@@ -84,6 +88,28 @@ def _model3g(layers: int) -> Dataset:
     return Dataset("model3g", model, opt, tensors, tf_keys)
 
 
+def _with_adam(name: str, params: int, size: int) -> Dataset:
+    model = torch.nn.Module()
+    model.params = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(size))
+                                           for _ in range(params)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for p in model.parameters():  # Adam's state after one step
+        opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.empty_like(p),
+                        "exp_avg_sq": torch.empty_like(p)}
+    tensors: dict[str, torch.Tensor] = {}
+    tf_keys: list[str] = []
+    for i, p in enumerate(model.params):
+        tensors[f"params.{i}"] = p.data
+        tf_keys.append(f"model/params/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+    for i, p in enumerate(model.params):
+        for slot, t in opt.state[p].items():
+            tensors[f"optimizer.state.{i}.{slot}"] = t
+            tf_keys.append(f"model/params/{i}/.OPTIMIZER_SLOT/optimizer/{slot}"
+                           "/.ATTRIBUTES/VARIABLE_VALUE")
+    _fill(list(tensors.values()))
+    return Dataset(name, model, opt, tensors, tf_keys)
+
+
 def _params(name: str, shapes: list[tuple[int, ...]]) -> Dataset:
     model = torch.nn.Module()
     model.params = torch.nn.ParameterList(
@@ -100,6 +126,8 @@ def build(name: str, quick: bool = False) -> Dataset:
         return _model3g(8 if quick else 64)
     if name == "small50k":
         return _params(name, [(256,)] * (10_000 if quick else 50_000))
+    if name == "adam50k":
+        return _with_adam(name, 2_500 if quick else 12_500, 256)
     if name == "gib150":
         mats = 16 if quick else 128
         return _params(name, [(2048, 1024)] * mats + [(1024,)] * 22)

@@ -235,7 +235,16 @@ def format_acceptance(results: dict[str, dict[str, list[Result]]]) -> str:
         peak = max(r.anon[phase] for r in rs) if rs else None
         _check(lines, f"3 GiB {phase}, peak extra anon < 64 MiB", peak,
                peak is not None and peak < 64 * 2**20, f"{_mib(peak)} MiB" if rs else "")
-    for ds in ("model3g", "small50k", "gib150"):
+    for ds in ("small50k", "adam50k"):
+        for phase in ("save", "restore"):
+            r = ratio(ds, "safetensors", "checkpoint", phase)
+            _check(lines, f"{ds}: Checkpoint {phase} >= 4x faster than safetensors", r,
+                   r is not None and r >= 4, f"{r:.1f}x" if r else "")
+    for phase in ("save", "restore"):
+        r = ratio("model3g", "checkpoint", "limit", phase)
+        _check(lines, f"3 GiB Checkpoint {phase} <= 1.25x limit", r,
+               r is not None and r <= 1.25, f"{r:.2f}x" if r else "")
+    for ds in ("model3g", "small50k", "adam50k", "gib150"):
         for phase in ("save", "restore"):
             r = ratio(ds, "checkpoint", "torchckpt", phase)
             if r is not None:

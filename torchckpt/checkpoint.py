@@ -21,13 +21,14 @@ from .adapters.values import ValueSlot, is_python_scalar
 from .async_save import AsyncSaver
 from .errors import UntrackableError
 from .format import write_state
+from .format._io import gc_frozen
 from .format.state_file import resolve_prefix
 from .format.storage import dirname, is_remote, local_path
 from .graph.keys import SAVE_COUNTER
 from .graph.status import RestoreStatus
 from .restoring import RestoreSession
 from .saving import SavePlan, plan_save, walk_live, write_plan
-from .staging import StagingBuffers
+from .transfer.staging import StagingBuffers
 
 
 @dataclass(frozen=True)
@@ -204,13 +205,15 @@ class Checkpoint:
             return _distributed.write(self, prefix, sync=options.sync, group=options.group,
                                       after=after, timeout=options.collective_timeout,
                                       storage_options=options.storage_options)
-        plan = plan_save(self)
+        with gc_frozen():  # a model of many tensors: no full collections meanwhile (_io.py)
+            plan = plan_save(self)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             plan = _distributed.one_rank_plan(plan, prefix)  # this rank saves alone
 
         def job(plan: SavePlan = plan) -> None:
-            write_plan(plan, prefix, sync=options.sync, storage_options=options.storage_options,
-                       staging=self._staging)
+            with gc_frozen():
+                write_plan(plan, prefix, sync=options.sync,
+                           storage_options=options.storage_options, staging=self._staging)
             if after is not None:
                 after(prefix)
 
@@ -274,10 +277,11 @@ class Checkpoint:
         self._async.wait()
         prefix = resolve_prefix(os.fspath(save_path), storage_options=options.storage_options)
         device = torch.device(options.device) if options.device is not None else torch.device("cpu")
-        session = RestoreSession.open(self, prefix, device=device,
-                                      storage_options=options.storage_options,
-                                      staging=self._staging)
-        session.start()  # the session lives on in the hooks it waits on, and in the status
+        with gc_frozen():  # a graph of many nodes: no full collections meanwhile (_io.py)
+            session = RestoreSession.open(self, prefix, device=device,
+                                          storage_options=options.storage_options,
+                                          staging=self._staging)
+            session.start()  # the session lives on in the hooks it waits on, and in the status
         return RestoreStatus(session)
 
     def sync(self) -> None:

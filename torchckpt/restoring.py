@@ -21,25 +21,29 @@ only looked up among the live objects' own children.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import torch
 
 from .adapters import AdapterRegistry, default_registry
 from .adapters.registry import Adapter, Handle
-from .adapters.values import holds_data
+from .adapters.tensors import TF_DTYPES, TORCH_DTYPES, plain_host_array
+from .adapters.values import TensorAdapter, holds_data
 from .distributed.per_rank import PerRankAdapter, Placement
-from .errors import CorruptCheckpointError, UnsupportedFormatError
+from .errors import CorruptCheckpointError, InvalidValueError, UnsupportedFormatError
 from .format import BundleReader
+from .format._fast_entries import PayloadLocation
 from .format.dtypes import DataType, has_array_form
+from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, open_bundle
-from .graph.keys import OBJECT_GRAPH_PROTO_KEY
-from .graph.object_graph import GraphNode, ObjectGraph, readable_path
+from .graph.keys import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
+from .graph.object_graph import FirstPaths, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.status import MatchReport
 from .saving import identity, walk_live
-from .staging import StagingBuffers
-from .transfer import BundleValue
+from .transfer.staging import StagingBuffers
+from .transfer.values import BundleValue
 
 
 class RestoreSession:
@@ -61,7 +65,6 @@ class RestoreSession:
         self._staging = staging  # the owner's GPU staging buffers (a Checkpoint's)
         self.reader: BundleReader | None = reader
         self.graph = graph
-        self.paths = graph.paths()
         self._registry = registry
         self._device = device
         self.bound: dict[int, Any] = {}
@@ -76,7 +79,15 @@ class RestoreSession:
         self._queue: deque[int] = deque()
         # In-place reads queued by one pass of _drain and done in one read_many_into call:
         # payloads are then read in file order with few system calls (50k small tensors).
-        self._reads: list[tuple[str, memoryview]] = []
+        self._reads: list[tuple[str, Any]] = []
+        # (node, key, tensor) of plain host tensors bound in one pass of _drain, and
+        # (optimizer node, variable node, slot, key) of slots ready in it, checked against
+        # their entries together and queued as reads (_land_batched); then the checks of
+        # values read into scratch tensors, run after the reads
+        self._leaves: list[tuple[int, str, torch.Tensor]] = []
+        self._slots: list[tuple[int, int, SlotRef, str]] = []
+        self._checks: list[tuple[str, Callable[[], None]]] = []
+        self._located: list[tuple[str, Any, PayloadLocation]] = []  # reads, entries decoded
 
     @classmethod
     def open(cls, root: Any, prefix: str, *, device: torch.device,
@@ -121,14 +132,37 @@ class RestoreSession:
         self._bound_ids.setdefault(identity(obj), node_id)
         self._queue.append(node_id)
 
+    def _bind_leaf(self, node_id: int, tensor: torch.Tensor) -> None:
+        """:meth:`_bind` and :meth:`_visit` of a plain host tensor's node in one step:
+        the many parameters of a model are bound without a queue round trip each."""
+        self.bound[node_id] = tensor
+        self._bound_ids.setdefault(id(tensor), node_id)
+        self._adapters[node_id] = TensorAdapter(tensor)
+        self._leaves.append((node_id, self.graph.nodes[node_id].attributes[0].checkpoint_key,
+                             tensor))
+        if node_id in self._slot_waiting:
+            self._restore_ready_slots(node_id)
+
     def _drain(self) -> None:
         try:
             while self._queue:
                 self._visit(self._queue.popleft())
+            self._land_batched()
         finally:
             reads, self._reads = self._reads, []
-        if reads:  # queued by _value, which requires the reader to be open
-            self._open_reader().read_many_into(reads)
+            located, self._located = self._located, []
+            checks, self._checks = self._checks, []
+            self._leaves.clear()
+            self._slots.clear()
+        if reads or located:  # queued by _value, which requires the reader to be open
+            reader = self._open_reader()
+            reader.read_many_into([*reads, *((key, out) for key, out, _ in located)],
+                                  [None] * len(reads) + [loc for _, _, loc in located])
+            for key, land in checks:
+                try:
+                    land()
+                except InvalidValueError as exc:
+                    raise exc.located(reader.index_path, key) from exc.__cause__
         if not self.pending:
             self._release()
 
@@ -136,28 +170,84 @@ class RestoreSession:
         obj = self.bound[node_id]
         adapter = self._adapters[node_id] = self._registry.adapter(obj)
         node = self.graph.nodes[node_id]
+        if type(adapter) is TensorAdapter and obj.is_cpu and _is_plain_leaf(node):
+            # most nodes of a model: checked and read with the others of this pass
+            self._leaves.append((node_id, node.attributes[0].checkpoint_key, obj))
+            self._restore_ready_slots(node_id)
+            return
         per_rank = adapter if isinstance(adapter, PerRankAdapter) else None
         if node.attributes and per_rank is not None and per_rank.per_rank:
             self.unplaced.append(node_id)  # saved by one process: no rank of this world owns it
-        elif node.attributes and all(self._decodable(a.checkpoint_key) for a in node.attributes):
-            adapter.restore({a.name: self._value(a.checkpoint_key) for a in node.attributes})
-            self.applied.add(node_id)
-        # else: values no torch object can take (a tf.data iterator's DT_VARIANT state, whose
-        # key TF does not even store under the graph's name) stay unused in the report
+        else:
+            self._apply_values(node_id, adapter, node)
+        nodes, bound, find = self.graph.nodes, self.bound, self._registry.find
         for ref in node.children:
             if per_rank is not None and self._placed_elsewhere(per_rank, ref.local_name,
                                                                ref.node_id):
                 continue
             live = adapter.child(ref.local_name)
-            if live is not None and adapter.child_ready(ref.local_name, live):
+            if live is None or not adapter.child_ready(ref.local_name, live):
+                if ref.node_id not in bound and self.graph.has_values(ref.node_id):
+                    self._defer(node_id, ref.local_name, ref.node_id, adapter)
+            elif type(live) in _PLAIN_TENSORS and ref.node_id not in bound and live.is_cpu \
+                    and _is_plain_leaf(nodes[ref.node_id]) and find(live) is TensorAdapter:
+                self._bind_leaf(ref.node_id, live)
+            else:
                 self._bind(ref.node_id, live)
-            elif ref.node_id not in self.bound and self.graph.has_values(ref.node_id):
-                self._defer(node_id, ref.local_name, ref.node_id, adapter)
         for slot in node.slot_variables:
             self._slot_waiting.setdefault(slot.original_variable_node_id, []).append(
                 (node_id, slot))
             self.pending_slots[slot.slot_variable_node_id] = slot.original_variable_node_id
         self._restore_ready_slots(node_id)
+
+    def _apply_values(self, node_id: int, adapter: Adapter, node: GraphNode) -> None:
+        """Hand a node's saved values to its adapter. Values no torch object can take (a
+        tf.data iterator's DT_VARIANT state, whose key TF does not even store under the
+        graph's name) stay unused in the report."""
+        if node.attributes and all(self._decodable(a.checkpoint_key) for a in node.attributes):
+            adapter.restore({a.name: self._value(a.checkpoint_key) for a in node.attributes})
+            self.applied.add(node_id)
+
+    def _land_batched(self) -> None:
+        """Queue the reads of the plain tensors and optimizer slots met in this pass whose
+        entries hold a plain payload of their dtype and shape, all entries checked in
+        one call (:meth:`BundleReader.payload_locations`); the others take their
+        adapter's path, which reads sliced or converted values and reports mismatches.
+        Slot values that need a check after the read queue it in ``self._checks``."""
+        leaves, self._leaves = self._leaves, []
+        slots, self._slots = self._slots, []
+        if not leaves and not slots:
+            return
+        reader = self._open_reader()
+        keys = [key for _, key, _ in leaves] + [key for *_, key in slots]
+        locations = reader.payload_locations(keys, checksums=False) \
+            if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
+        reads, applied, tf_dtype = self._located, self.applied, TF_DTYPES.get
+        for (node_id, key, tensor), loc in zip(leaves, locations):
+            array = plain_host_array(tensor) if loc is not None else None
+            if array is not None and loc is not None and loc.dtype == tf_dtype(tensor.dtype) \
+                    and loc.shape == tensor.shape:
+                reads.append((key, array, loc))
+                applied.add(node_id)
+            else:
+                self._apply_values(node_id, self._adapters[node_id], self.graph.nodes[node_id])
+        adapters, bound, pending, checks = self._adapters, self.bound, self.pending_slots, \
+            self._checks
+        torch_dtype = TORCH_DTYPES.get
+        for (opt_id, var_id, slot, key), loc in zip(slots, locations[len(leaves):]):
+            dtype = torch_dtype(loc.dtype) if loc is not None else None
+            target = adapters[opt_id].slot_target(bound[var_id], slot.slot_name, dtype,
+                                                  loc.shape) \
+                if dtype is not None and loc is not None else None
+            array = plain_host_array(target.tensor) if target is not None else None
+            if target is None or array is None or loc is None:
+                self._restore_slot(opt_id, var_id, slot, key)
+                continue
+            reads.append((key, array, loc))
+            if target.land is not None:
+                checks.append((key, target.land))
+            pending.pop(slot.slot_variable_node_id, None)  # what _slot_done's callback does
+            applied.add(slot.slot_variable_node_id)
 
     def _placed_elsewhere(self, adapter: PerRankAdapter, name: str, child: int) -> bool:
         """Book a per-rank child that this rank does not restore; False for its own."""
@@ -193,9 +283,9 @@ class RestoreSession:
         var_ids = dict.fromkeys([node_id] + [s.original_variable_node_id
                                              for s in self.graph.nodes[node_id].slot_variables])
         for var_id in var_ids:  # each once: an optimizer node may list many slots of one
-            if var_id not in self._adapters or not holds_data(self.bound[var_id]):
+            waiting = self._slot_waiting.get(var_id)
+            if not waiting or var_id not in self._adapters or not holds_data(self.bound[var_id]):
                 continue
-            waiting = self._slot_waiting.get(var_id, [])
             ready = [(opt_id, slot) for opt_id, slot in waiting if opt_id in self._adapters]
             if ready:  # one pass, not one list.remove per slot
                 self._slot_waiting[var_id] = [w for w in waiting if w[0] not in self._adapters]
@@ -204,10 +294,13 @@ class RestoreSession:
                 if not slot_node.attributes:
                     self.pending_slots.pop(slot.slot_variable_node_id, None)
                     continue
-                value = self._value(slot_node.attributes[0].checkpoint_key)
-                self._adapters[opt_id].restore_slot(
-                    self.bound[var_id], slot.slot_name, value,
-                    self._slot_done(slot.slot_variable_node_id))
+                self._slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
+
+    def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
+        """A slot through its optimizer's adapter: checks, converts, reports."""
+        self._adapters[opt_id].restore_slot(self.bound[var_id], slot.slot_name,
+                                            self._value(key),
+                                            self._slot_done(slot.slot_variable_node_id))
 
     def _slot_done(self, slot_node: int) -> Any:
         def done() -> None:
@@ -229,6 +322,11 @@ class RestoreSession:
         return self.reader
 
     # --- bookkeeping -----------------------------------------------------------------------
+
+    @functools.cached_property
+    def paths(self) -> FirstPaths:
+        """The saved graph's first paths, for reports (made on first use)."""
+        return self.graph.paths()
 
     def describe(self, node_id: int) -> str:
         return self.graph.describe(node_id, self.paths)
@@ -331,6 +429,16 @@ class RestoreSession:
                 handle.remove()
         self.pending.clear()
         self._release()
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _is_plain_leaf(node: GraphNode) -> bool:
+    """A node of one ``VARIABLE_VALUE`` and nothing else: a tensor's, read in a batch
+    when bound to a host tensor (:meth:`RestoreSession._land_batched` decides)."""
+    return (len(node.attributes) == 1 and not node.children and not node.slot_variables
+            and node.attributes[0].name == VARIABLE_VALUE_KEY)
 
 
 def _has_own_values(node: GraphNode) -> bool:

@@ -1,7 +1,7 @@
 """Device tensors go to and from the files through two small staging buffers.
 
-The staged path is device-agnostic: here it runs on CPU tensors (the
-``needs_staging`` decision is forced) with buffers of a few dozen bytes, so
+The staged path is device-agnostic: here it runs on CPU tensors (the save
+and restore paths' staging decisions are forced) with buffers of a few dozen bytes, so
 every tensor crosses many pieces and both buffers. The files must be the
 same bytes as the direct path writes, restores must give the same values,
 and a damaged payload must still fail its checksum. The CUDA test at the end
@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import torchckpt
-from torchckpt import restoring, saving, staging
+from torchckpt import restoring
 from torchckpt.errors import ChecksumMismatchError
 from torchckpt.format import BundleReader, BundleWriter
 from torchckpt.format.dtypes import DataType
+from torchckpt.transfer import host, staging, values
 
 TENSORS = {
     "f32": torch.randn(7, 5),
@@ -36,6 +37,42 @@ TENSORS = {
 @pytest.fixture
 def tiny_staging(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(staging, "STAGING_BYTES", 48)
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    """Replace ``module.name`` with a wrapper that counts its calls; returns the counter."""
+    calls = [0]
+    real = getattr(module, name)
+
+    def counting(*args, **kwargs):  # noqa: ANN202 - whatever the real function returns
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def _stage_saves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Saves send every tensor through the staging buffers, as for tensors on a GPU.
+
+    ``host._on_device`` is the save path's decision: it asks ``needs_staging`` only for
+    a tensor outside host memory, so forcing ``needs_staging`` alone would leave these
+    CPU tensors on the direct path. Returns the count of ``device_chunks`` calls, which
+    proves the staged path ran."""
+    monkeypatch.setattr(host, "_on_device", lambda item: True)
+    return _counted(monkeypatch, host, "device_chunks")
+
+
+def _stage_restores(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Restores read every value through the staging buffers, as onto a GPU.
+
+    A restore reads a plain host tensor's value in one batch with the others
+    (``restoring._is_plain_leaf`` admits it) and hands every other value to its adapter
+    through ``values.BundleValue``, which asks ``needs_staging``: both are forced.
+    Returns the count of ``read_to_device`` calls, which proves the staged path ran."""
+    monkeypatch.setattr(restoring, "_is_plain_leaf", lambda node: False)
+    monkeypatch.setattr(values, "needs_staging", lambda device: True)
+    return _counted(monkeypatch, values, "read_to_device")
 
 
 @pytest.mark.parametrize("name", list(TENSORS))
@@ -107,8 +144,10 @@ def test_checkpoint_through_staging_writes_the_same_files(tmp_path, tiny_staging
                                                           monkeypatch) -> None:
     model = _model()
     direct = torchckpt.Checkpoint(model=model).write(str(tmp_path / "direct"))
-    monkeypatch.setattr(saving, "needs_staging", lambda device: True)
-    staged = torchckpt.Checkpoint(model=model).write(str(tmp_path / "staged"))
+    with monkeypatch.context() as patch:
+        staged_calls = _stage_saves(patch)
+        staged = torchckpt.Checkpoint(model=model).write(str(tmp_path / "staged"))
+    assert staged_calls[0] == len(model.state_dict())
     for suffix in (".index", ".data-00000-of-00001"):
         assert open(direct + suffix, "rb").read() == open(staged + suffix, "rb").read()
 
@@ -116,11 +155,12 @@ def test_checkpoint_through_staging_writes_the_same_files(tmp_path, tiny_staging
 def test_restore_through_staging_and_its_checksum(tmp_path, tiny_staging, monkeypatch) -> None:
     model = _model()
     prefix = torchckpt.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
-    monkeypatch.setattr(restoring, "needs_staging", lambda device: True)
+    staged_calls = _stage_restores(monkeypatch)
     other = _model()
     for p in other.parameters():
         torch.nn.init.zeros_(p)
     torchckpt.Checkpoint(model=other).read(prefix).assert_consumed()
+    assert staged_calls[0] == len(model.state_dict())
     for (name, a), b in zip(model.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -160,13 +200,13 @@ def test_staging_buffers_belong_to_their_checkpoint_and_close_frees_them(tiny_st
                                                                          tmp_path) -> None:
     """No module-level buffers: a checkpoint keeps its own set between saves (pinning costs
     more than using), ``close()`` frees them, and the checkpoint stays usable."""
-    monkeypatch.setattr(staging, "needs_staging", lambda device: True)  # as if on a GPU
-    monkeypatch.setattr(saving, "needs_staging", lambda device: True)
+    staged_calls = _stage_saves(monkeypatch)  # as if on a GPU
     assert not any(isinstance(v, list) and v and isinstance(v[0], torch.Tensor)
                    for v in vars(staging).values())
     model = _model()
     ckpt = torchckpt.Checkpoint(model=model)
     ckpt.write(str(tmp_path / "a"))
+    assert staged_calls[0] == len(model.state_dict())
     kept = ckpt._staging._buffers
     assert len(kept) == 2 and all(b.numel() == 48 for b in kept)
     ckpt.write(str(tmp_path / "b"))

@@ -1,16 +1,12 @@
-"""The converter examples run end to end (each makes its TF checkpoint in a temporary folder)."""
+"""The converter examples run end to end (each makes its TF checkpoint in a temporary folder).
+
+They run in ``tf_artifacts.py``'s forked processes, as ``__main__``, next to the
+test models that TensorFlow makes there (see ``conftest.py``).
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
-
-from processes import run_isolated
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -20,9 +16,9 @@ pytestmark = [pytest.mark.tf, pytest.mark.slow]
     ("tf1_bert_to_torch.py", ["torch sequence output equals TF's",
                               "torch pooled output equals TF's"]),
 ])
-def test_example_runs(script: str, checks: list[str]) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
-    proc = run_isolated([sys.executable, str(EXAMPLES / script)], timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_example_runs(converter_examples, script: str, checks: list[str]) -> None:
+    job = f"example-{script}"
+    output = converter_examples.output(job)
+    assert converter_examples.codes[job] == 0, output[-3000:]
     for check in checks:
-        assert f"checked: {check}" in proc.stdout, proc.stdout
+        assert f"checked: {check}" in output, output

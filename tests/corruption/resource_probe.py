@@ -1,11 +1,13 @@
-"""Run one reader operation on a (hostile) checkpoint and report its peak memory and time.
+"""Run reader operations on (hostile) checkpoints and report each one's peak memory and time.
 
-Usage: ``python resource_probe.py OPERATION PREFIX OUT_JSON``. Run by
-``test_resource_bounds.py`` in a fresh interpreter, so that the peak resident
-set is this operation's alone. After the imports, the kernel's high-water mark
-is reset (``/proc/self/clear_refs``, Linux); the JSON then holds how far the
-resident set rose above where it stood (``grew_kib``), the seconds taken, and
-the error raised, if any (its class name and message).
+Usage: ``python resource_probe.py OPERATION PREFIX OUT_JSON [OPERATION PREFIX OUT_JSON ...]``
+(with ``tests/`` on ``PYTHONPATH``). Run by ``test_resource_bounds.py``: each operation
+runs in a process of its own, forked from this one once it has imported everything
+(``forked.py``), one at a time, so that the peak resident set is that operation's
+alone. After the imports, the kernel's high-water mark is reset
+(``/proc/self/clear_refs``, Linux); the JSON then holds how far the resident set
+rose above where it stood (``grew_kib``), the seconds taken, and the error raised,
+if any (its class name and message).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 
 import torchckpt
+from forked import import_ahead, run_forked
 from torchckpt import cli
 from torchckpt.format import BundleReader
 
@@ -100,5 +103,14 @@ def main(operation: str, prefix: str, out_path: str) -> None:
         json.dump(result, f)
 
 
+def main_many(args: list[str]) -> None:
+    """Each (OPERATION, PREFIX, OUT_JSON) triple in a forked process, one after another."""
+    import_ahead()
+    cases = [(main, tuple(args[i:i + 3])) for i in range(0, len(args), 3)]
+    codes = run_forked(cases, timeout=120)
+    if any(codes):
+        raise SystemExit(f"probes exited {codes}")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main_many(sys.argv[1:])

@@ -3,10 +3,10 @@
 Each hostile shape of :mod:`hostile` is built in ``tmp_path``. Where the file
 is invalid, the reader raises a :class:`CorruptCheckpointError` naming the file;
 where it is valid but oddly shaped (long chains, wide graphs), the operation
-does what it should. The full-size shapes run in a fresh interpreter
-(``resource_probe.py``) that reports how far its resident set rose and how long
-the operation took: memory must stay within a small multiple of the bytes on
-disk plus a fixed allowance, time within seconds.
+does what it should. The full-size shapes run in a fresh process each
+(``resource_probe.py`` forks them from one interpreter) that reports how far
+its resident set rose and how long the operation took: memory must stay within
+a small multiple of the bytes on disk plus a fixed allowance, time within seconds.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from torchckpt.format import BundleReader, BundleWriter, DataType
 from torchckpt.format.records import Extent, TensorSlice
 from torchckpt.format.table import iter_table, max_key_bytes
 from torchckpt.graph.object_graph import PATH_NAMES_SHOWN
-from torchckpt.transfer import MAX_JSON_DEPTH, BundleValue
+from torchckpt.transfer.values import MAX_JSON_DEPTH, BundleValue
 
 PROBE = os.path.join(os.path.dirname(__file__), "resource_probe.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1 << 20
 # What an operation may add to a fresh interpreter's resident set: this many bytes
 # per byte of the checkpoint's files, plus the allowance (first-use allocations of
@@ -237,20 +238,33 @@ SHAPES = {
 }
 
 
-def _probe(operation: str, prefix: str, out: str) -> dict:
-    finished = run_isolated([sys.executable, PROBE, operation, prefix, out], timeout=120)
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory) -> dict[str, tuple[str, int, dict]]:
+    """Every shape built, then measured by one ``resource_probe.py`` run (a forked process
+    per shape). ``{shape name: (prefix, bytes on disk, the probe's result)}``."""
+    root = tmp_path_factory.mktemp("shapes")
+    built, args = {}, []
+    for name, shape in SHAPES.items():
+        prefix = str(root / name / "p")
+        os.makedirs(os.path.dirname(prefix))
+        built[name] = (prefix, shape.build(prefix))
+        args += [shape.operation, prefix, str(root / name / "result.json")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    finished = run_isolated([sys.executable, PROBE, *args], timeout=600, env=env)
     assert finished.returncode == 0, finished.output[-4000:]
-    with open(out) as f:
-        return json.load(f)
+    results = {}
+    for name, (prefix, size) in built.items():
+        with open(root / name / "result.json") as f:
+            results[name] = (prefix, size, json.load(f))
+    return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_hostile_file_within_memory_and_time_bounds(tmp_path, name: str) -> None:
+def test_hostile_file_within_memory_and_time_bounds(probed, name: str) -> None:
     shape = SHAPES[name]
-    prefix = str(tmp_path / "p")
-    size = shape.build(prefix)
-    result = _probe(shape.operation, prefix, str(tmp_path / "result.json"))
+    prefix, size, result = probed[name]
     error = result["error"]
     if shape.error is None:
         assert error is None, error

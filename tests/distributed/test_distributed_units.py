@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 
-from torchckpt.distributed.layout import Box, box_shape, chunk_box, tensor_slice
+from torchckpt.distributed.layout import chunk_box, tensor_slice
 from torchckpt.distributed.merge import MergeError, merge_entries
 from torchckpt.distributed.planning import Item, Kind, assign_owners
-from torchckpt.distributed.reshard import read_box
 from torchckpt.distributed.wire import decode_entries, encode_entries
 from torchckpt.errors import CorruptCheckpointError
 from torchckpt.format import BundleReader, BundleWriter, write_index
+from torchckpt.format.boxes import Box, box_shape, read_box
 from torchckpt.format.dtypes import DataType
 from torchckpt.format.naming import TEMP_INFIX
 from torchckpt.format.records import BundleEntry

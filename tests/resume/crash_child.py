@@ -1,11 +1,13 @@
-"""Child process of test_crash_safety.py: one save, SIGKILLed at a step of the commit.
+"""Child process of test_crash_safety.py: saves, each SIGKILLed at a step of the commit.
 
-    python crash_child.py DIRECTORY MODE STAGE VALUE
+    python crash_child.py RESULTS_JSON VALUE DIRECTORY MODE STAGE [DIRECTORY MODE STAGE ...]
 
-Restores DIRECTORY's latest checkpoint, sets the tensor to VALUE, arms the fault
-for STAGE by wrapping the ``os`` function that step goes through, and saves. The
-fault kills the process with SIGKILL, so nothing (no ``finally``, no ``atexit``)
-cleans up after it. Exit status 3 means the fault never fired.
+For each (DIRECTORY, MODE, STAGE), a process forked from this one (``forked.py``:
+torch is imported once) restores DIRECTORY's latest checkpoint, sets the tensor
+to VALUE, arms the fault for STAGE by wrapping the ``os`` function that step goes
+through, and saves. The fault kills that process with SIGKILL, so nothing (no
+``finally``, no ``atexit``) cleans up after it; exit status 3 means the fault
+never fired. RESULTS_JSON gets the exit status of each save, in order.
 
 Modes (what is saved):
   new      ``CheckpointManager.save()``: a new number, ``ckpt-3``
@@ -26,6 +28,7 @@ Stages, in the order of the commit protocol (``torchckpt/format/commit.py``):
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -33,6 +36,7 @@ import sys
 import torch
 
 import torchckpt
+from forked import import_ahead, run_forked
 from torchckpt.format.commit import COMMIT_RECORD_SUFFIX
 from torchckpt.format.naming import TEMP_INFIX
 
@@ -98,8 +102,7 @@ def arm(stage: str) -> None:
         raise SystemExit(f"unknown stage {stage!r}")
 
 
-def main() -> None:
-    directory, mode, stage, value = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def save_and_die(directory: str, mode: str, stage: str, value: float) -> None:
     ckpt = make_checkpoint()
     with torchckpt.CheckpointManager(ckpt, directory, max_to_keep=2) as manager:
         ckpt.restore(manager.latest_checkpoint).assert_consumed()
@@ -114,6 +117,15 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     sys.exit(3)
+
+
+def main() -> None:
+    results, value, rest = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+    cases = [(save_and_die, (*rest[i:i + 3], value)) for i in range(0, len(rest), 3)]
+    import_ahead()
+    codes = run_forked(cases, timeout=60, at_once=2)
+    with open(results, "w") as f:
+        json.dump(codes, f)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,17 @@
 latest checkpoint complete and restorable: for a new prefix, and for re-writing the
 latest one (a manager re-using a checkpoint number, ``write()`` to a fixed prefix).
 
-The killing happens in a child process (crash_child.py), which wraps the ``os``
-function each step goes through; the parent checks the leftovers the step must have
-produced (so a fault that fired in the wrong place fails the test), then recovers.
+The killing happens in child processes (crash_child.py forks one save per case), each
+wrapping the ``os`` function its step goes through; the test checks the leftovers the
+step must have produced (so a fault that fired in the wrong place fails the test), then
+recovers.
 The full-disk faults run in this process: the ``os`` call of each step raises ENOSPC.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from crash_child import make_checkpoint
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLED = -9
 
 
@@ -73,16 +76,35 @@ def _two_checkpoints(directory):
             manager.save()
 
 
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """Every case's directory right after its save was killed: two checkpoints made here,
+    then one child (``crash_child.py``) forks a save per case and kills it at the stage.
+    Returns ``{case id: (directory, exit status of the save)}`` and the child's output."""
+    root = tmp_path_factory.mktemp("killed")
+    directories = {}
+    for mode, stage, *_ in CASES:
+        directories[f"{mode}-{stage}"] = directory = str(root / f"{mode}-{stage}" / "run")
+        _two_checkpoints(directory)
+    results = root / "results.json"
+    args = [a for i, (m, s, *_) in enumerate(CASES) for a in (directories[f"{m}-{s}"], m, s)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = run_isolated([sys.executable, CHILD, str(results), "3", *args], timeout=300, env=env)
+    assert proc.returncode == 0 and results.exists(), proc.output[-4000:]
+    codes = json.loads(results.read_text())
+    return {case: (directory, code) for (case, directory), code
+            in zip(directories.items(), codes)}, proc.output
+
+
 @pytest.mark.parametrize("mode,stage,latest_name,value", CASES,
                          ids=[f"{m}-{s}" for m, s, *_ in CASES])
-def test_save_killed_at_each_step_keeps_the_latest_checkpoint(tmp_path, mode, stage,
+def test_save_killed_at_each_step_keeps_the_latest_checkpoint(killed, mode, stage,
                                                               latest_name, value):
-    directory = str(tmp_path / "run")
-    _two_checkpoints(directory)
+    results, output = killed
+    directory, code = results[f"{mode}-{stage}"]
     written = "ckpt-3" if mode == "new" else "ckpt-2"
-
-    proc = run_isolated([sys.executable, CHILD, directory, mode, stage, "3"], timeout=120)
-    assert proc.returncode == KILLED, proc.output
+    assert code == KILLED, output[-4000:]
     assert LEFTOVERS[stage](set(os.listdir(directory)), written), sorted(os.listdir(directory))
 
     # A reader that opens the directory first sees a complete latest checkpoint.

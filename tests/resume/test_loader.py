@@ -4,7 +4,11 @@ it skips (acceptance b), and keeps every random stream where an uninterrupted ru
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from torch.utils.data import (
 )
 
 import torchckpt
+from processes import run_isolated
 from torchckpt.data import ResumableLoader
 from torchckpt.errors import TorchckptError, UntrackableError
 
@@ -98,9 +103,9 @@ def _make(name, workers, tmp_path, seed, noise=True, **kw):
     return ResumableLoader(CONFIGS[name](ds, seed, num_workers=workers, **kw)), ds
 
 
-@pytest.mark.parametrize("name,workers", CASES, ids=[f"{n}-w{w}" for n, w in CASES])
-def test_resumed_epoch_yields_exactly_the_remaining_batches_and_fetches_nothing_else(
-        tmp_path, name, workers):
+def check_resumed_epoch(tmp_path: Path, name: str, workers: int) -> None:
+    """A loader stopped at several points and resumed from its state (in a process whose
+    generators were all re-seeded) yields exactly the rest, and fetches only that."""
     seed_everything(0)
     loader, ds = _make(name, workers, tmp_path, seed=1)
     reference = _epochs(loader, until_epoch=2)
@@ -126,7 +131,7 @@ def test_resumed_epoch_yields_exactly_the_remaining_batches_and_fetches_nothing_
         assert sorted(fetched) == sorted(expected), f"stopped after {stop} batches"
 
 
-def test_persistent_workers_resume(tmp_path):
+def check_persistent_workers_resume(tmp_path: Path) -> None:
     seed_everything(0)
     loader, _ = _make("shuffle-global", 2, tmp_path, seed=1, persistent_workers=True)
     reference = _epochs(loader, until_epoch=2)
@@ -140,6 +145,87 @@ def test_persistent_workers_resume(tmp_path):
     resumed.load_state_dict(state)
     torchckpt.RNGState().load_state_dict(rng)
     assert _same(head + _epochs(resumed, until_epoch=2), reference)
+
+
+def check_stateful_dataloader_is_tracked(tmp_path: Path, workers: int, wrap: bool) -> None:
+    import torchdata.stateful_dataloader as sdl_mod  # a test dependency: never skipped
+
+    def make():
+        loader = sdl_mod.StatefulDataLoader(list(range(N)), batch_size=3, shuffle=True,
+                                            num_workers=workers)
+        return ResumableLoader(loader) if wrap else loader
+
+    seed_everything(0)
+    reference = [(b, torch.rand(())) for b in make()]
+    seed_everything(0)
+    loader = make()
+    it = iter(loader)
+    head = [(next(it), torch.rand(())) for _ in range(3)]
+    path = torchckpt.Checkpoint(data=loader, rng=torchckpt.RNGState()).save(str(tmp_path / "c"))
+    seed_everything(3)
+    resumed = make()
+    torchckpt.Checkpoint(data=resumed, rng=torchckpt.RNGState()).restore(path).assert_consumed()
+    tail = [(b, torch.rand(())) for b in resumed]
+    # Tracked as it is (the generic state_dict adapter), the order resumes ...
+    assert [b.tolist() for b, _ in head + tail] == [b.tolist() for b, _ in reference]
+    # ... and wrapped, the global random stream too (a resumed StatefulDataLoader draws its
+    # base seed again, which ResumableLoader undoes).
+    if wrap:
+        assert _same(head + tail, reference)
+
+
+# The cases that start DataLoader worker processes run in a child process
+# (loader_child.py), each forked into a process group of its own and killed with
+# its workers when done, so that no worker outlives its case or starts inside the
+# test process. Case id -> (check, its arguments after the directory).
+WORKERS = 2
+WORKER_CASES = {
+    **{f"resumed-epoch-{name}-w{w}": (check_resumed_epoch, (name, w))
+       for name, w in CASES if w},
+    "persistent-workers": (check_persistent_workers_resume, ()),
+    **{f"stateful-dataloader-{'wrapped' if wrap else 'direct'}-w{WORKERS}":
+       (check_stateful_dataloader_is_tracked, (WORKERS, wrap)) for wrap in (False, True)},
+}
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loader_child.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def worker_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
+    """Run every case of ``WORKER_CASES`` in loader_child.py; ``{case id: (exit status,
+    the case's output)}``: 0 when every assertion of the check held."""
+    root = tmp_path_factory.mktemp("loader_workers")
+    results = root / "results.json"
+    args = []
+    for case in WORKER_CASES:
+        (root / case).mkdir()
+        args += [case, str(root / case)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = run_isolated([sys.executable, CHILD, str(results), *args], timeout=600, env=env)
+    assert proc.returncode == 0 and results.exists(), proc.output[-4000:]
+    codes = json.loads(results.read_text())
+    return {case: (code, (root / case / "output.txt").read_text(errors="replace"))
+            for case, code in zip(WORKER_CASES, codes)}
+
+
+def _check_in_child(worker_cases: dict[str, tuple[int, str]], case: str) -> None:
+    code, output = worker_cases[case]
+    assert code == 0, f"{case}: exit status {code}\n{output[-4000:]}"
+
+
+@pytest.mark.parametrize("name,workers", CASES, ids=[f"{n}-w{w}" for n, w in CASES])
+def test_resumed_epoch_yields_exactly_the_remaining_batches_and_fetches_nothing_else(
+        request, tmp_path, name, workers):
+    if workers:
+        _check_in_child(request.getfixturevalue("worker_cases"),
+                        f"resumed-epoch-{name}-w{workers}")
+    else:
+        check_resumed_epoch(tmp_path, name, workers)
+
+
+def test_persistent_workers_resume(worker_cases):
+    _check_in_child(worker_cases, "persistent-workers")
 
 
 @pytest.mark.parametrize("name", ["shuffle-generator", "shuffle-global", "batch-sampler"])
@@ -238,30 +324,11 @@ def test_malformed_or_mismatched_state_is_a_torchckpt_error(tmp_path):
         unseeded.load_state_dict(state)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, WORKERS])
 @pytest.mark.parametrize("wrap", [False, True], ids=["direct", "wrapped"])
-def test_stateful_dataloader_is_tracked(tmp_path, workers, wrap):
-    import torchdata.stateful_dataloader as sdl_mod  # a test dependency: never skipped
-
-    def make():
-        loader = sdl_mod.StatefulDataLoader(list(range(N)), batch_size=3, shuffle=True,
-                                            num_workers=workers)
-        return ResumableLoader(loader) if wrap else loader
-
-    seed_everything(0)
-    reference = [(b, torch.rand(())) for b in make()]
-    seed_everything(0)
-    loader = make()
-    it = iter(loader)
-    head = [(next(it), torch.rand(())) for _ in range(3)]
-    path = torchckpt.Checkpoint(data=loader, rng=torchckpt.RNGState()).save(str(tmp_path / "c"))
-    seed_everything(3)
-    resumed = make()
-    torchckpt.Checkpoint(data=resumed, rng=torchckpt.RNGState()).restore(path).assert_consumed()
-    tail = [(b, torch.rand(())) for b in resumed]
-    # Tracked as it is (the generic state_dict adapter), the order resumes ...
-    assert [b.tolist() for b, _ in head + tail] == [b.tolist() for b, _ in reference]
-    # ... and wrapped, the global random stream too (a resumed StatefulDataLoader draws its
-    # base seed again, which ResumableLoader undoes).
-    if wrap:
-        assert _same(head + tail, reference)
+def test_stateful_dataloader_is_tracked(request, tmp_path, workers, wrap):
+    if workers:
+        _check_in_child(request.getfixturevalue("worker_cases"),
+                        f"stateful-dataloader-{'wrapped' if wrap else 'direct'}-w{workers}")
+    else:
+        check_stateful_dataloader_is_tracked(tmp_path, workers, wrap)

@@ -9,18 +9,17 @@ save. With saves every 4 steps and 11 batches per epoch they currently are 12 (o
 one batch into epoch 1), 23 (resumes at 20, mid-epoch, and crosses into epoch 2), 29
 (``num_workers=0``) and 14 (torchdata's ``StatefulDataLoader``).
 
-The runs are independent processes, so the module fixture starts them all up front,
-a few at a time, and the tests only compare their outputs.
+The module fixture makes every run up front, in one child that imports torch once and
+forks each run from there (two at a time), and the tests only compare their outputs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,22 +27,30 @@ import pytest
 from processes import run_isolated
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "train_script.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVE_EVERY = 30, 4
 
 pytestmark = pytest.mark.slow
 
 
-def _command(directory, name: str, *, workers: int, loader: str, kill_at: int = 0):
-    return [sys.executable, SCRIPT, "--dir", str(directory / name),
-            "--log", str(directory / f"{name}.log"), "--out", str(directory / f"{name}.npz"),
-            "--steps", str(STEPS), "--save-every", str(SAVE_EVERY), "--workers", str(workers),
-            "--loader", loader, "--kill-at", str(kill_at)]
+def _args(directory, name: str, *, workers: int, loader: str, kill_at: int = 0) -> list[str]:
+    return ["--dir", str(directory / name), "--log", str(directory / f"{name}.log"),
+            "--out", str(directory / f"{name}.npz"), "--steps", str(STEPS),
+            "--save-every", str(SAVE_EVERY), "--workers", str(workers), "--loader", loader,
+            "--kill-at", str(kill_at)]
 
 
-def _run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """Run independent processes a few at a time (each spends seconds importing torch)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda c: run_isolated(c, timeout=600), commands))
+def _run_rounds(directory, rounds: list[list[list[str]]]) -> tuple[list[list[int]], str]:
+    """Each round's runs, forked by one child (``train_script.py --rounds``); a round
+    starts once the one before it has ended. Returns the exit codes and the output."""
+    runs, results = directory / "runs.json", directory / "results.json"
+    runs.write_text(json.dumps(rounds))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [TESTS, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = run_isolated([sys.executable, SCRIPT, "--rounds", str(runs), str(results)],
+                        timeout=600, env=env)
+    assert proc.returncode == 0 and results.exists(), proc.output[-4000:]
+    return json.loads(results.read_text()), proc.output
 
 
 def _losses(path) -> list[tuple[int, str]]:
@@ -71,18 +78,16 @@ def runs(tmp_path_factory):
     """Every run of every case, made up front in parallel: the uninterrupted reference of
     each configuration and each killed run, then each resumed run."""
     tmp = tmp_path_factory.mktemp("runs")
-    cases = list(CASES)
-    configs = sorted({(w, loader) for w, loader, _ in cases})
-    first = [_command(tmp, f"ref-{loader}-{w}", workers=w, loader=loader) for w, loader in configs]
-    first += [_command(tmp, f"run-{i}", workers=w, loader=loader, kill_at=k)
-              for i, (w, loader, k) in enumerate(cases)]
-    done = _run_all(first)
-    resumed = _run_all([_command(tmp, f"run-{i}", workers=w, loader=loader)
-                        for i, (w, loader, _) in enumerate(cases)])
-    out = {"tmp": tmp, "exit": {}, "stderr": {}}
-    for cmd, proc in zip(first + first[len(configs):], done + resumed):
-        out["exit"].setdefault(cmd[cmd.index("--log") + 1], []).append(proc.returncode)
-        out["stderr"][cmd[cmd.index("--log") + 1]] = proc.stderr
+    configs = sorted({(w, loader) for w, loader, _ in CASES})
+    first = [_args(tmp, f"ref-{loader}-{w}", workers=w, loader=loader) for w, loader in configs]
+    first += [_args(tmp, f"run-{i}", workers=w, loader=loader, kill_at=k)
+              for i, (w, loader, k) in enumerate(CASES)]
+    resumed = [_args(tmp, f"run-{i}", workers=w, loader=loader)
+               for i, (w, loader, _) in enumerate(CASES)]
+    codes, output = _run_rounds(tmp, [first, resumed])
+    out = {"tmp": tmp, "exit": {}, "output": output}
+    for args, code in zip(first + resumed, codes[0] + codes[1]):
+        out["exit"].setdefault(args[args.index("--log") + 1], []).append(code)
     return out
 
 
@@ -91,8 +96,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(runs, case):
     workers, loader, kill_at = CASES[case]
     tmp = runs["tmp"]
     ref_log, log = str(tmp / f"ref-{loader}-{workers}.log"), str(tmp / f"run-{case}.log")
-    assert runs["exit"][ref_log] == [0], runs["stderr"][ref_log]
-    assert runs["exit"][log] == [-signal.SIGKILL, 0], runs["stderr"][log]
+    assert runs["exit"][ref_log] == [0], runs["output"][-4000:]
+    assert runs["exit"][log] == [-signal.SIGKILL, 0], runs["output"][-4000:]
     ref_losses = _losses(ref_log)
     assert [s for s, _ in ref_losses] == list(range(1, STEPS + 1))
 

@@ -5,6 +5,14 @@ Run as a script in a fresh process::
     python train_script.py --dir D --log L --out O --steps 30 --save-every 4 \
         --workers 2 --loader resumable [--kill-at 13]
 
+or, for many runs (with ``tests/`` on ``PYTHONPATH``),
+``python train_script.py --rounds RUNS_JSON RESULTS_JSON``: RUNS_JSON
+is a list of rounds, each a list of such argument lists. Every run is a process forked
+from this one once it has imported everything (``forked.py``), so it starts from the
+imported modules alone, exactly as a fresh interpreter would after its imports; the runs
+of a round go two at a time, and a round starts when the one before it has ended.
+RESULTS_JSON gets each run's exit status, by round.
+
 Every run (the first, or one resumed from ``D``'s latest checkpoint) appends
 ``<step> <loss as float.hex()>`` to ``--log`` and, when it reaches ``--steps``,
 writes the final parameters to ``--out`` (an ``.npz`` of plain arrays, no
@@ -19,9 +27,11 @@ torch, numpy and ``random`` (in the workers, or in the main process with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
+import sys
 import warnings
 
 import numpy as np
@@ -30,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import torchckpt
+from forked import import_ahead, run_forked
 from torchckpt.data import ResumableLoader
 
 FEATURES = 6
@@ -67,7 +78,7 @@ def make_loader(kind: str, workers: int):
     return ResumableLoader(DataLoader(dataset, batch_size=4, shuffle=True, num_workers=workers))
 
 
-def main() -> None:
+def train(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
     p.add_argument("--log", required=True)
@@ -77,7 +88,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--loader", choices=["resumable", "stateful"], default="resumable")
     p.add_argument("--kill-at", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -117,5 +128,21 @@ def main() -> None:
     np.savez(args.out, **{n: t.detach().numpy() for n, t in model.state_dict().items()})
 
 
+def run_rounds(runs_path: str, results_path: str) -> None:
+    import torch._inductor.config  # noqa: F401 - use_deterministic_algorithms imports it
+    import torchdata.stateful_dataloader  # noqa: F401
+
+    import_ahead()
+    with open(runs_path, encoding="utf-8") as f:
+        rounds = json.load(f)
+    codes = [run_forked([(train, (argv,)) for argv in runs], timeout=300, at_once=2)
+             for runs in rounds]
+    with open(results_path, "w", encoding="utf-8") as f:
+        json.dump(codes, f)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--rounds":
+        run_rounds(sys.argv[2], sys.argv[3])
+    else:
+        train(sys.argv[1:])

@@ -21,12 +21,16 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable, cast
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .registry import Adapter, Handle
 from .values import is_uninitialized
+
+# children of these exact types are never lazy placeholders (a quick answer for the
+# many parameters of a model)
+_NEVER_LAZY = (nn.Parameter, Tensor)
 
 
 class ModuleAdapter(Adapter):
@@ -51,7 +55,7 @@ class ModuleAdapter(Adapter):
         m = self.obj
         if isinstance(m, LazyModuleMixin) and cast(Any, m).has_uninitialized_params():
             return False  # its first forward resets every parameter and buffer
-        return not is_uninitialized(obj)
+        return type(obj) in _NEVER_LAZY or not is_uninitialized(obj)
 
     def watch(self, name: str, callback: Callable[[Any], None]) -> Handle | None:
         return _ChildWatch(self.obj, name, callback, self.child_ready)

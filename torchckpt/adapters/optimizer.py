@@ -28,7 +28,7 @@ import torch
 from ..errors import CorruptCheckpointError, InvalidValueError, MismatchError
 from ..graph.keys import PY_STATE_KEY
 from .owners import OPTIMIZER_STATE, check_lbfgs_history, check_optimizer_group
-from .registry import Adapter, ValueSource
+from .registry import Adapter, SlotTarget, ValueSource
 from .schema import as_real, check_state
 from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
 from .tensors import torch_dtype_or_name
@@ -135,6 +135,27 @@ class OptimizerAdapter(Adapter):
         scalar = self._checked_slot(variable, slot_name, value)
         self._apply(variable, slot_name, value, scalar)
         done()
+
+    def slot_target(self, variable: Any, slot_name: str, dtype: torch.dtype,
+                    shape: tuple[int, ...]) -> SlotTarget | None:
+        """The existing state tensor when it has the saved floating dtype and shape (and
+        the shape the slot must have): what :meth:`restore_slot` copies into. A 0-d slot
+        (``step``) is read into a scratch tensor, checked finite and >= 0, then copied."""
+        existing = self.obj.state.get(variable, {}).get(slot_name)
+        if not isinstance(existing, torch.Tensor) or existing.is_meta \
+                or existing.dtype != dtype or not dtype.is_floating_point \
+                or tuple(existing.shape) != tuple(shape) \
+                or self._slot_shape(variable, slot_name) not in (None, tuple(shape)):
+            return None
+        if slot_name not in _SCALAR_SLOTS:
+            return SlotTarget(existing)
+        scratch = torch.empty((), dtype=dtype)
+
+        def land() -> None:
+            as_real(scratch.item(), slot_name, lo=0)
+            with torch.no_grad():
+                existing.copy_(scratch)
+        return SlotTarget(scratch, land)
 
     def _checked_slot(self, param: torch.Tensor, slot_name: str,
                       value: ValueSource) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ that code mutates behind the caller's back.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -117,6 +117,23 @@ class Adapter:
         """Restore one slot of ``variable``; call ``done()`` once it is applied."""
         raise UntrackableError(f"{type(self.obj).__name__} has no slot variables")
 
+    def slot_target(self, variable: Any, slot_name: str, dtype: torch.dtype,
+                    shape: tuple[int, ...]) -> SlotTarget | None:
+        """Where a saved slot of ``dtype`` and ``shape`` can be read in place, when
+        :meth:`restore_slot` would accept it and do no more than copy it there; ``None``
+        leaves the slot to :meth:`restore_slot`. Lets a restore read many slots in
+        one batch."""
+        return None
+
+
+class SlotTarget(NamedTuple):
+    """A slot read in place: ``tensor`` receives the saved value; ``land``, when set,
+    runs after the read (checks the value, then puts it where it belongs, raising
+    ``InvalidValueError`` instead for a value the slot cannot take)."""
+
+    tensor: torch.Tensor
+    land: Callable[[], None] | None = None
+
 
 AdapterFactory = Callable[[Any], Adapter]
 
@@ -127,26 +144,42 @@ class AdapterRegistry:
     def __init__(self) -> None:
         self._by_type: list[tuple[type, AdapterFactory]] = []
         self._fallbacks: list[tuple[Callable[[Any], bool], AdapterFactory]] = []
+        # type -> factory of the most specific registered type (None: none matches), so
+        # a walk over 50,000 parameters does not test every registered type for each
+        self._type_cache: dict[type, AdapterFactory | None] = {}
 
     def register(self, cls: type, factory: AdapterFactory) -> None:
         """Use ``factory(obj)`` for instances of ``cls`` (and its subclasses)."""
         self._by_type.insert(0, (cls, factory))
+        self._type_cache.clear()
 
     def register_predicate(self, test: Callable[[Any], bool], factory: AdapterFactory) -> None:
         """Use ``factory`` for objects where ``test(obj)`` holds (checked after types)."""
         self._fallbacks.append((test, factory))
 
     def find(self, obj: Any) -> AdapterFactory | None:
-        best: tuple[type, AdapterFactory] | None = None
-        for cls, factory in self._by_type:
-            if isinstance(obj, cls) and (best is None or issubclass(cls, best[0])):
-                best = (cls, factory)
-        if best is not None:
-            return best[1]
+        """The factory for ``obj``: the most specific registered type it is an instance
+        of (decided once per type), else the first predicate that holds."""
+        cls = type(obj)
+        if cls in self._type_cache and obj.__class__ is cls:
+            found = self._type_cache[cls]
+        else:
+            found = self._find_by_type(obj)
+            if obj.__class__ is cls:  # a proxy's __class__ may claim another type
+                self._type_cache[cls] = found
+        if found is not None:
+            return found
         for test, factory in self._fallbacks:
             if test(obj):
                 return factory
         return None
+
+    def _find_by_type(self, obj: Any) -> AdapterFactory | None:
+        best: tuple[type, AdapterFactory] | None = None
+        for cls, factory in self._by_type:
+            if isinstance(obj, cls) and (best is None or issubclass(cls, best[0])):
+                best = (cls, factory)
+        return None if best is None else best[1]
 
     def adapter(self, obj: Any) -> Adapter:
         """The adapter of ``obj``.

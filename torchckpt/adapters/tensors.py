@@ -25,6 +25,9 @@ little-endian, which is every platform torch supports for this purpose.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+from typing import Mapping
+
 import numpy as np
 import torch
 
@@ -55,6 +58,11 @@ for _name, _dt in (("uint16", DataType.DT_UINT16), ("uint32", DataType.DT_UINT32
         _TORCH_TO_TF[getattr(torch, _name)] = _dt
 
 _TF_TO_TORCH: dict[int, torch.dtype] = {int(v): k for k, v in _TORCH_TO_TF.items()}
+#: torch dtype -> its TF dtype, for lookups that must not raise (see tf_dtype_of)
+TF_DTYPES: Mapping[torch.dtype, DataType] = MappingProxyType(_TORCH_TO_TF)
+#: TF dtype -> the torch dtype of the same values (only exact, one-to-one pairs)
+TORCH_DTYPES: Mapping[int, torch.dtype] = MappingProxyType(
+    {int(v): k for k, v in _TORCH_TO_TF.items()})
 # Types torch holds only as plain integers (values exact, type identity lost).
 _AS_INTEGERS: dict[DataType, torch.dtype] = {
     DataType.DT_QINT8: torch.int8, DataType.DT_QUINT8: torch.uint8,
@@ -147,6 +155,26 @@ def tensor_to_buffer(t: torch.Tensor) -> memoryview:
     if t.numel() == 0:
         return memoryview(b"")
     return memoryview(t.numpy()).cast("B")  # type: ignore[arg-type, unused-ignore]
+
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def plain_host_array(t: torch.Tensor) -> np.ndarray | None:
+    """:func:`tensor_to_buffer` for the common case, fast: a numpy view of a dense,
+    contiguous CPU ``torch.Tensor``/``Parameter`` of a dtype numpy holds, with
+    elements; ``None`` for anything else (subclasses, other devices or layouts,
+    lazy conjugate/negative bits, bfloat16, empty tensors), which callers take
+    through their general path. The view shares the tensor's memory.
+
+    Why: a checkpoint of 50,000 small tensors converts 50,000 of them; the general
+    function's checks cost ~4 us each, these ~1 us.
+    """
+    if type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout != torch.strided \
+            or t.dtype not in _NUMPY_HOLDS or not t.is_contiguous() or t.is_conj() \
+            or t.is_neg() or not t.numel():
+        return None
+    return (t.detach() if t.requires_grad else t).numpy()
 
 
 def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:

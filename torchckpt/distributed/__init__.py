@@ -24,8 +24,8 @@ what), ``shard_writer`` (one rank's data file), ``wire`` (entries as bytes),
 ``comm`` (tensor collectives and the save's opening handshake), ``merge``
 (MergeBundles), ``save`` (the protocol), ``per_rank`` (per-rank objects),
 ``fragments`` (their subtrees in a collective save), ``one_rank`` (which saves
-are collective; saving from one rank alone), ``reshard`` (reading a box of a
-tensor; DTensor destinations).
+are collective; saving from one rank alone). DTensor destinations are filled
+by ``torchckpt/transfer/boxes.py``, on the box read of ``torchckpt/format/boxes.py``.
 """
 
 from .comm import is_active

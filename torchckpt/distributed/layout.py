@@ -23,10 +23,10 @@ from typing import Any, Sequence
 
 import torch
 
+from ..format.boxes import Box, box_shape
 from ..format.dtypes import FIXED_WIDTH
 from ..format.records import Extent, TensorSlice
 
-Box = tuple[tuple[int, int], ...]
 
 def tf_can_reassemble(dtype: int) -> bool:
     """Whether TensorFlow can read a tensor of TF dtype ``dtype`` back from slices
@@ -41,32 +41,6 @@ def is_dtensor(t: Any) -> bool:
     module = sys.modules.get("torch.distributed.tensor")
     cls = getattr(module, "DTensor", None) if module is not None else None
     return cls is not None and isinstance(t, cls)
-
-
-def full_box(shape: Sequence[int]) -> Box:
-    return tuple((0, int(d)) for d in shape)
-
-
-def box_shape(box: Box) -> tuple[int, ...]:
-    return tuple(b - a for a, b in box)
-
-
-def box_numel(box: Box) -> int:
-    n = 1
-    for a, b in box:
-        n *= b - a
-    return n
-
-
-def intersect(a: Box, b: Box) -> Box | None:
-    """The common part of two boxes, or None when it holds no element."""
-    out = tuple((max(x0, y0), min(x1, y1)) for (x0, x1), (y0, y1) in zip(a, b))
-    return None if any(lo >= hi for lo, hi in out) else out
-
-
-def relative(inner: Box, outer: Box) -> tuple[slice, ...]:
-    """Index of ``inner`` within an array that holds ``outer``."""
-    return tuple(slice(a - o, b - o) for (a, b), (o, _) in zip(inner, outer))
 
 
 def tensor_slice(box: Box) -> TensorSlice:

@@ -35,11 +35,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..adapters.tensors import tf_dtype_of
+from ..format.boxes import box_numel
 from ..format.dtypes import FIXED_WIDTH, DataType
 from ..saving import SavePlan
 from .layout import (
     Chunk,
-    box_numel,
     describe_layout,
     has_box,
     is_dtensor,

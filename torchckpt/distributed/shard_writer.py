@@ -17,10 +17,11 @@ from typing import Sequence
 
 from ..adapters.tensors import tensor_to_buffer
 from ..format import BundleWriter
+from ..format.boxes import box_shape, full_box
 from ..format.records import BundleEntry
 from ..graph.keys import OBJECT_GRAPH_PROTO_KEY
-from ..transfer import host_tensor
-from .layout import box_shape, full_box, tensor_slice
+from ..transfer.host import host_tensor
+from .layout import tensor_slice
 from .planning import Item, Kind, writes_chunk
 
 GRAPH_WRITER = 0  # the rank that writes the object graph (its shard is read first on restore)

@@ -21,6 +21,8 @@ mutated entries.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ._coding import DecodeError, get_varint, put_varint
@@ -292,3 +294,34 @@ def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             return -1, pos + 1
+
+
+class PayloadLocation(NamedTuple):
+    """Where a plain fixed-width payload lies, and what it holds (see :func:`plain_payloads`)."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    shard_id: int
+    offset: int
+    size: int
+    crc32c: int
+
+
+def plain_payloads(raws: list[bytes | None], heads: HeadCache) -> list[PayloadLocation | None]:
+    """For each raw entry, :func:`plain_location` with the entry's dtype and shape, decoded
+    for all at once (:func:`plain_locations`); ``None`` for a missing (``None``) or other entry.
+
+    Why: a caller that makes one tensor per entry (``load_state_dict(mmap=True)``)
+    needs the dtype and shape as well as the location; here they come from the
+    head cache that :func:`plain_locations` fills, at ~0.3 us per entry instead
+    of a :class:`BundleEntry` decode each.
+    """
+    locs = plain_locations([b"" if r is None else r for r in raws], heads)
+    out: list[PayloadLocation | None] = []
+    append, new = out.append, tuple.__new__  # the C constructor: a third of the cost otherwise
+    for raw, loc in zip(raws, locs):
+        # a located entry starts 08 dtype 12 L: fixed-width dtypes are never 0 (omitted)
+        info = heads.get(raw[:4 + raw[3]]) if loc is not None and raw is not None else None
+        append(None if info is None or loc is None
+               else new(PayloadLocation, (info[0], info[1], *loc)))
+    return out

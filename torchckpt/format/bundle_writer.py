@@ -265,7 +265,7 @@ class BundleWriter:
 
         For tensors that are not in host memory: a GPU tensor is copied through
         small pinned buffers, one piece at a time, so host memory stays bounded
-        (``torchckpt/staging.py``). Each piece is written before the next is
+        (``torchckpt/transfer/staging.py``). Each piece is written before the next is
         asked for, so the producer may refill the same buffer.
 
         Raises:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import CheckpointNotFoundError, ChecksumMismatchError, CorruptCheckpointError
 from . import _crc32c
+from ._fast_entries import PayloadLocation
 from .bundle_reader import BundleReader
 from .naming import data_path
 from .records import BundleEntry
@@ -128,11 +129,12 @@ class RemoteBundleReader(BundleReader):
                                         f"computed 0x{_crc32c.mask(crc):08x})", key=self._k(key),
                                         offset=e.offset)
 
-    def read_many_into(self, pairs: Iterable[tuple[str | bytes, object]]) -> None:
+    def read_many_into(self, pairs: Iterable[tuple[str | bytes, object]],
+                       locations: Sequence[PayloadLocation | None] | None = None) -> None:
         """:meth:`read_into` for many pairs: each data object is read once, in spans."""
         for shard_id in range(self.header.num_shards):  # sizes first: the bulk path needs them
             self.shard(shard_id)
-        super().read_many_into(pairs)
+        super().read_many_into(pairs, locations)
 
     def _read_sorted(self, s: Any, items: list[tuple[int, memoryview, int, bytes]]) -> None:
         """Read ``(offset, dest, stored crc, key)`` items of one object, sorted by offset."""

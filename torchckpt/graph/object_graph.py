@@ -11,21 +11,23 @@ every reference of a decoded graph, and names nodes for humans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 from ..errors import CorruptCheckpointError
 from ..format import protos
+from . import wire
 from .keys import OPTIMIZER_SLOT_NAME
 
 
-@dataclass(frozen=True, slots=True)
-class ChildRef:
+class ChildRef(NamedTuple):
+    """A named edge to a child node. Tuples: a graph may have a million of these, and
+    a tuple is made several times faster than a frozen dataclass."""
+
     node_id: int
     local_name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Attribute:
+class Attribute(NamedTuple):
     """One saved tensor of an object: ``name`` is local, ``checkpoint_key`` the bundle key."""
 
     name: str
@@ -33,8 +35,9 @@ class Attribute:
     full_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class SlotRef:
+class SlotRef(NamedTuple):
+    """An optimizer's slot: its variable's node, the slot's name and the slot's node."""
+
     original_variable_node_id: int
     slot_name: str
     slot_variable_node_id: int
@@ -52,6 +55,36 @@ class GraphNode:
     registered_saver: str = ""
 
 
+class GraphColumns:
+    """A graph being saved, as parallel per-node lists of records: ``children``
+    ``(node_id, local_name)``, ``attributes`` ``(name, checkpoint_key, full_name)``
+    and ``slots`` ``(variable node, slot name, slot node)``, the fields of
+    :class:`ChildRef`, :class:`Attribute` and :class:`SlotRef` as plain tuples;
+    ``has_checkpoint_values`` is derived. Encodes straight to bytes
+    (:func:`.wire.encode_graph`), without an object per node or record."""
+
+    def __init__(self, children: list[list[tuple[int, str]]],
+                 attributes: list[Sequence[tuple[str, str, str]]],
+                 slots: list[Sequence[tuple[int, str, int]]]) -> None:
+        self.children = children
+        self.attributes = attributes
+        self.slots = slots
+
+    def flags(self) -> list[bool]:
+        """``has_checkpoint_values`` of every node: its own values or any below it."""
+        return holds_values_below(self.children, self.attributes, self.slots)
+
+    def to_bytes(self) -> bytes:
+        return wire.encode_graph(self.children, self.attributes, self.slots, self.flags())
+
+    def to_graph(self) -> "ObjectGraph":
+        """The graph as :class:`GraphNode` records (lists, as a graph being built holds)."""
+        return ObjectGraph([
+            GraphNode([ChildRef(*r) for r in c], [Attribute(*r) for r in a],
+                      [SlotRef(*r) for r in s], f)
+            for c, a, s, f in zip(self.children, self.attributes, self.slots, self.flags())])
+
+
 @dataclass
 class ObjectGraph:
     """A decoded object graph; ``nodes[0]`` is the root."""
@@ -61,22 +94,11 @@ class ObjectGraph:
                                              compare=False)
 
     def to_bytes(self) -> bytes:
-        msg = protos.TrackableObjectGraph()
-        for node in self.nodes:
-            n = msg.nodes.add()
-            for c in node.children:
-                n.children.add(node_id=c.node_id, local_name=c.local_name)
-            for a in node.attributes:
-                n.attributes.add(name=a.name, full_name=a.full_name,
-                                 checkpoint_key=a.checkpoint_key)
-            for s in node.slot_variables:
-                n.slot_variables.add(original_variable_node_id=s.original_variable_node_id,
-                                     slot_name=s.slot_name,
-                                     slot_variable_node_id=s.slot_variable_node_id)
-            if node.has_checkpoint_values is not None:
-                n.has_checkpoint_values.SetInParent()
-                n.has_checkpoint_values.value = node.has_checkpoint_values
-        return protos.serialize(msg)
+        """The serialized ``TrackableObjectGraph`` (:mod:`.wire`: the protobuf bytes)."""
+        nodes = self.nodes
+        return wire.encode_graph([n.children for n in nodes], [n.attributes for n in nodes],
+                                 [n.slot_variables for n in nodes],
+                                 [n.has_checkpoint_values for n in nodes])
 
     @classmethod
     def from_bytes(cls, data: bytes, *, path: str = "<object graph>") -> "ObjectGraph":
@@ -85,6 +107,9 @@ class ObjectGraph:
         Raises:
             CorruptCheckpointError: undecodable bytes or dangling references.
         """
+        decoded = wire.decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef)
+        if decoded is not None:  # checked as _check checks
+            return cls(decoded)
         msg = protos.TrackableObjectGraph()
         try:
             msg.ParseFromString(bytes(data))
@@ -130,7 +155,10 @@ class ObjectGraph:
         if node.has_checkpoint_values is not None:
             return node.has_checkpoint_values
         if self._values_below is None:
-            self._values_below = _holds_values_below(self.nodes)
+            nodes = self.nodes
+            self._values_below = holds_values_below([n.children for n in nodes],
+                                                    [n.attributes for n in nodes],
+                                                    [n.slot_variables for n in nodes])
         return self._values_below[node_id]
 
     def paths(self) -> "FirstPaths":
@@ -149,14 +177,16 @@ class ObjectGraph:
         return (paths or self.paths()).describe(node_id)
 
 
-def _holds_values_below(nodes: list[GraphNode]) -> list[bool]:
+def holds_values_below(children: Sequence[Sequence[tuple[int, str]]],
+                       attributes: Sequence[Sequence[object]],
+                       slots: Sequence[Sequence[object]]) -> list[bool]:
     """Per node, whether it or a node it reaches holds values (attributes or slot
     links): the nodes that hold values, then breadth-first up the reversed edges."""
-    parents: list[list[int]] = [[] for _ in nodes]
-    for i, node in enumerate(nodes):
-        for c in node.children:
-            parents[c.node_id].append(i)
-    below = [bool(node.attributes or node.slot_variables) for node in nodes]
+    parents: list[list[int]] = [[] for _ in children]
+    for i, kids in enumerate(children):
+        for c in kids:
+            parents[c[0]].append(i)
+    below = [bool(a or s) for a, s in zip(attributes, slots)]
     queue = [i for i, holds in enumerate(below) if holds]
     for i in queue:  # grows while it is walked: a breadth-first pass
         for p in parents[i]:

@@ -28,8 +28,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .adapters.tensors import tensor_to_buffer
-from .format import BundleReader
+from ..adapters.tensors import tensor_to_buffer
+from ..format import BundleReader
 
 STAGING_BYTES = 16 << 20  # per buffer: large enough for full-speed copies, two fit in 64 MiB
 

@@ -1,36 +1,28 @@
-"""How bytes travel between a bundle and tensors.
+"""One checkpoint value as an adapter sees it, read when the adapter asks.
 
-Restoring: :class:`BundleValue` is one checkpoint value as an adapter sees it;
-it reads into existing tensors in place (queued for one batched
-``read_many_into`` when a batch is given), onto GPUs through pinned staging
-buffers, and the local box of DTensors (``distributed/reshard.py``). Saving:
-:func:`add_tensors` writes host tensors from their own memory in one bulk call
-and device tensors through the staging buffers.
+:class:`BundleValue` picks the way its bytes travel: into an existing host
+tensor in place (queued for the session's one batched ``read_many_into`` when
+it has a batch), onto a GPU through the pinned staging buffers
+(:mod:`.staging`), into this rank's box of a DTensor or piece by piece from a
+sliced entry (:mod:`.boxes`), or through ``read_array`` for values that need
+decoding. Python state (strings) comes back as text or JSON, never unpickled.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from itertools import groupby
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
-from .adapters.tensors import array_to_tensor, tensor_to_buffer, tf_dtype_of, torch_dtype_of
-from .distributed.layout import is_dtensor
-from .distributed.reshard import copy_into, dtensor_like
-from .errors import CorruptCheckpointError
-from .format import BundleReader, BundleWriter
-from .format.dtypes import FIXED_WIDTH, DataType, dtype_name
-from .format.records import ENDIAN_LITTLE
-from .staging import (
-    StagingBuffers,
-    device_chunks,
-    needs_staging,
-    read_to_device,
-    staging_buffers,
-)
+from ..adapters.tensors import array_to_tensor, tensor_to_buffer, torch_dtype_of
+from ..distributed.layout import is_dtensor
+from ..errors import CorruptCheckpointError
+from ..format import BundleReader
+from ..format.dtypes import FIXED_WIDTH, DataType, dtype_name
+from ..format.records import ENDIAN_LITTLE
+from . import boxes
+from .staging import StagingBuffers, needs_staging, read_to_device, staging_buffers
 
 # Python state (JSON) may nest at most this deep. The adapters that rebuild it
 # (state_dict decoders, type checks) recurse over it, so a file could otherwise
@@ -93,7 +85,7 @@ class BundleValue:
 
     def copy_into(self, dest: torch.Tensor) -> None:
         if is_dtensor(dest) or self._entry.slices:  # a DTensor reads only this rank's part;
-            copy_into(self._reader, self.key, dest)  # slices land in place (distributed/)
+            boxes.copy_into(self._reader, self.key, dest)  # slices land in place
             return
         in_place = dest.is_contiguous() and self._direct() and not dest.is_conj() \
             and not dest.is_neg()
@@ -112,10 +104,10 @@ class BundleValue:
     def tensor_like(self, template: torch.Tensor) -> torch.Tensor:
         """A new tensor holding the value, laid out like ``template``: for a DTensor of
         the value's shape, a DTensor on its mesh and placements of which only this
-        rank's part is read (``torchckpt.distributed``); otherwise :meth:`tensor` on
+        rank's part is read (:mod:`.boxes`); otherwise :meth:`tensor` on
         ``template``'s device."""
         if is_dtensor(template) and tuple(template.shape) == self.shape:
-            return dtensor_like(self._reader, self.key, template)
+            return boxes.dtensor_like(self._reader, self.key, template)
         return self.tensor(template.device)
 
     def text(self) -> str:
@@ -153,37 +145,3 @@ class BundleValue:
             raise CorruptCheckpointError(self.path, f"python state is nested {depth} levels "
                                          f"deep (at most {MAX_JSON_DEPTH})", key=self.key)
         return data
-
-
-
-def host_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU tensor with ``t``'s value (``t`` itself when it already is one)."""
-    t = t.detach()
-    if t.device.type != "cpu" or not t.is_contiguous():
-        t = t.to("cpu", copy=False).contiguous()
-    if t.is_conj() or t.is_neg():
-        t = t.resolve_conj().resolve_neg()
-    return t
-
-
-def add_tensors(writer: BundleWriter, tensors: Iterable[tuple[str, torch.Tensor]],
-                staging: StagingBuffers | None = None) -> None:
-    """Add each ``(key, tensor)`` to ``writer``, in order, from wherever the tensor lives.
-
-    Host tensors are written from their own memory in one bulk call; tensors on
-    a device (GPU) through the two pinned staging buffers (:mod:`.staging`) of
-    ``staging`` (or buffers for this call only), piece by piece, so host memory
-    stays bounded.
-    """
-    buffers: list[torch.Tensor] | None = None
-    with contextlib.ExitStack() as stack:
-        for on_device, run in groupby(tensors, key=lambda kv: needs_staging(kv[1].device)):
-            if on_device:
-                if buffers is None:  # borrowed for the rest of this save, on first need
-                    buffers = stack.enter_context(staging_buffers(staging))
-                for key, t in run:
-                    writer.add_chunks(key, device_chunks(t, buffers), tf_dtype_of(t.dtype),
-                                      t.shape)
-            else:  # one bulk call: add_many pauses the cyclic GC, skips per-call overhead
-                writer.add_many((key, tensor_to_buffer(t), tf_dtype_of(t.dtype), t.shape)
-                                for key, t in ((k, host_tensor(v)) for k, v in run))
