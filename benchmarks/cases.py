@@ -206,8 +206,8 @@ class CheckpointApi(Case):
 
 
 class StateDictApi(Case):
-    """``torchckpt.save_state_dict(state)`` / ``load_state_dict(mmap=True)`` + ``copy_``: the
-    plain-state-dict pair, measured as the peers are (their loader, then ``copy_``)."""
+    """``torchckpt.save_state_dict(state)`` / ``load_state_dict(into=state)``: the
+    plain-state-dict pair, restoring into the existing tensors as ``dcp.load`` does."""
 
     def __init__(self, ds: Dataset, folder: str) -> None:
         super().__init__(ds, folder)
@@ -219,6 +219,16 @@ class StateDictApi(Case):
         import torchckpt
 
         torchckpt.save_state_dict(self.ds.tensors, self.prefix, sync=False)  # as the format case
+
+    def restore(self) -> None:
+        import torchckpt
+
+        torchckpt.load_state_dict(self.prefix, into=self.ds.tensors)
+
+
+class StateDictMmap(StateDictApi):
+    """``torchckpt.load_state_dict(mmap=True)`` + ``copy_``, measured as the peers' loaders
+    are (the save is :class:`StateDictApi`'s)."""
 
     def restore(self) -> None:
         import torchckpt
@@ -292,7 +302,8 @@ class Dcp(Case):
 CASES: dict[str, type[Case]] = {
     "limit": Limit, "torchckpt": FormatLayer, "torchckpt-fsync": FormatLayerFsync,
     "torchckpt-nocrc": FormatLayerNoCrc,
-    "checkpoint": CheckpointApi, "state-dict": StateDictApi, "torch": TorchSave,
+    "checkpoint": CheckpointApi, "state-dict": StateDictApi, "state-dict-mmap": StateDictMmap,
+    "torch": TorchSave,
     "safetensors": Safetensors, "dcp": Dcp,
 }
 ALL_CASES = (*CASES, "tensorflow")

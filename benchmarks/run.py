@@ -54,7 +54,8 @@ LABELS = {
     "torchckpt-fsync": "torchckpt format layer, sync=True (fsync)",
     "torchckpt-nocrc": "torchckpt format layer, restore with verify_checksums=False",
     "checkpoint": "torchckpt.Checkpoint write / read",
-    "state-dict": "torchckpt.save_state_dict / load_state_dict(mmap=True) + copy_",
+    "state-dict": "torchckpt.save_state_dict / load_state_dict(into=the tensors)",
+    "state-dict-mmap": "torchckpt.save_state_dict / load_state_dict(mmap=True) + copy_",
     "torch": "torch.save / torch.load(mmap=True) + copy_",
     "safetensors": "safetensors save_file / load_file + copy_",
     "dcp": "torch.distributed.checkpoint (no fsync)",
@@ -62,7 +63,7 @@ LABELS = {
 }
 SMALL_LIMIT_LABEL = "the limit (batched writev / preadv)"
 DEFAULT_CASES = ("limit", "torchckpt", "torchckpt-fsync", "torchckpt-nocrc", "checkpoint",
-                 "state-dict", "torch", "safetensors", "dcp", "tensorflow")
+                 "state-dict", "state-dict-mmap", "torch", "safetensors", "dcp", "tensorflow")
 README_BEGIN = "<!-- results:begin -->"
 README_END = "<!-- results:end -->"
 

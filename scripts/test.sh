@@ -8,7 +8,9 @@
 # TORCHCKPT_REQUIRE_NATIVE fails it when the install did not compile the C accelerator
 # (torchckpt/format/_native.c) on x86-64 Linux, so the suite tests what users get.
 # ruff (style, imports, likely bugs) and mypy (strict for format/ and graph/) run first;
-# their configuration is in pyproject.toml.
+# their configuration is in pyproject.toml. pytest runs on two workers (pytest-xdist):
+# each test file on one of them, the TensorFlow conversion tests together
+# (tests/conftest.py); every test process is still its own session (tests/processes.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install torch==2.13.0
@@ -16,4 +18,4 @@ python -m pip install -e '.[test]'
 python -m ruff check .
 python -m mypy
 export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1
-python -m pytest -q "$@"
+python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -4,6 +4,10 @@
 * Hypothesis profiles: ``ci`` (the default: derandomized, modest example
   counts, no example database written into the tree) and ``dev`` (random,
   more examples). Pick one with ``HYPOTHESIS_PROFILE=dev``.
+* ``scripts/test.sh`` runs the suite on two pytest-xdist workers (``-n 2 --dist
+  loadgroup``): each test file is one group, so its module fixtures are made
+  once, and the files of ``tests/convert`` form one group, so the TensorFlow
+  and transformers models they share are built once.
 * TensorFlow interop tests are never skipped. When ``CI`` or
   ``TORCHCKPT_REQUIRE_TF`` is set and TensorFlow cannot be imported, the whole
   session fails at once; otherwise each ``tf`` test fails with a hint. For a
@@ -47,6 +51,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if module is None:
             pytest.exit(f"tensorflow cannot be imported ({why}), but CI/TORCHCKPT_REQUIRE_TF "
                         "requires the interop tests: run `bash scripts/test.sh`", returncode=1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One xdist group per test file (see the module doc), ``tests/convert`` as one."""
+    root = config.rootpath
+    for item in items:
+        rel = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
+        group = "tests/convert" if rel.parts[:2] == ("tests", "convert") else rel.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

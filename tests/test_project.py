@@ -39,7 +39,7 @@ def test_ci_runs_the_readme_test_command() -> None:
                            "python -m ruff check .",
                            "python -m mypy",
                            "export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1",
-                           'python -m pytest -q "$@"']
+                           'python -m pytest -q -n 2 --dist loadgroup "$@"']
 
 
 def test_ruff_and_mypy_are_configured_and_pinned() -> None:

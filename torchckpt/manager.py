@@ -60,8 +60,10 @@ One manager per directory: the manager (rank 0's) holds an advisory lock,
 :meth:`CheckpointManager.close` (or its garbage collection); a second manager on
 the same directory, in this process or another, gets
 :class:`~torchckpt.errors.CheckpointLockedError`
-instead of racing with the first on each other's files. Where the file system
-has no ``flock`` (or the directory is read-only) no lock is taken.
+instead of racing with the first on each other's files. Processes forked from the
+manager's (data-loader workers) do not keep the lock, so a run killed while they
+exit can be restarted at once. Where the file system has no ``flock`` (or the
+directory is read-only) no lock is taken.
 
 Differences from TF, deliberate: an unparseable state file raises
 ``CorruptCheckpointError`` instead of being ignored with a warning (ignoring it
@@ -73,12 +75,14 @@ delete them); the clock is injectable.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import operator
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -153,6 +157,38 @@ def _lock_directory(directory: str) -> int | None:
                 "(or let it be garbage-collected), or give this one its own directory") from exc
         return None  # ENOLCK, EOPNOTSUPP, EBADF: a file system without flock
     return fd
+
+
+class _ForkedLocks:
+    """Closes the lock descriptors of live managers in forked children.
+
+    A child made by ``fork`` (a ``DataLoader`` worker, say) shares the open file
+    that holds the parent's ``flock``, so the lock would outlive the parent: a
+    training run killed with its workers still exiting would leave the directory
+    locked, and the restarted run would be refused. The child never uses the
+    manager's lock, so it drops its copy at once. Registered with the first lock;
+    it touches only descriptors managers of this process opened.
+    """
+
+    def __init__(self) -> None:
+        self._managers: weakref.WeakSet[CheckpointManager] = weakref.WeakSet()
+        self._registered = False
+
+    def track(self, manager: CheckpointManager) -> None:
+        if not self._registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._drop)
+            self._registered = True
+        self._managers.add(manager)
+
+    def _drop(self) -> None:
+        for manager in list(self._managers):
+            fd, manager._lock_fd = manager._lock_fd, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+_FORKED_LOCKS = _ForkedLocks()
 
 
 def _is_rank_zero() -> bool:
@@ -241,6 +277,8 @@ class CheckpointManager:
         self._remote = is_remote(self._directory)  # no lock on object stores
         self._lock_fd = (_lock_directory(self._directory) if _is_rank_zero() and not self._remote
                          else None)
+        if self._lock_fd is not None:
+            _FORKED_LOCKS.track(self)
         try:
             self._recover_state()
         except BaseException:

@@ -45,8 +45,15 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from .adapters.tensors import array_to_tensor, tensor_to_buffer, tf_dtype_of, torch_dtype_of
-from .errors import CorruptCheckpointError, UntrackableError
+from .adapters.tensors import (
+    TF_DTYPES,
+    array_to_tensor,
+    plain_host_array,
+    tensor_to_buffer,
+    tf_dtype_of,
+    torch_dtype_of,
+)
+from .errors import CorruptCheckpointError, MismatchError, UntrackableError
 from .format import BundleWriter
 from .format._fast_entries import PayloadLocation
 from .format._io import gc_frozen
@@ -165,7 +172,7 @@ class _Encoder:
     def __init__(self) -> None:
         self.direct: list[tuple[str, torch.Tensor, DataType]] = []
         self.staged: list[tuple[str, torch.Tensor]] = []
-        self.keys: set[str] = set()
+        self.tensors: dict[str, torch.Tensor] = {}  # key -> the tensor itself
         self.nodes: dict[int, dict[str, Any]] = {}  # id(tensor) -> its node (kept alive by obj)
         self.dtypes: dict[torch.dtype, tuple[DataType, bool]] = {}  # -> TF dtype, numpy views it
 
@@ -246,6 +253,7 @@ class _Encoder:
             raise _Refused(f"a {t.layout} tensor cannot be saved; convert it to a dense tensor")
         tf_dtype, viewable = self.dtypes.get(t.dtype) or self._dtype(t)
         key = self._new_key(path)
+        self.tensors[key] = t
         if viewable and t.is_cpu and t.is_contiguous():
             self.direct.append((key, t.detach() if t.requires_grad else t, tf_dtype))
         else:
@@ -277,17 +285,24 @@ class _Encoder:
     def _new_key(self, base: str) -> str:
         key = base + _KEY_SUFFIX
         n = 0
-        while key in self.keys:  # "0" the str key and 0 the int key share a path
+        while key in self.tensors:  # "0" the str key and 0 the int key share a path
             n += 1
             key = format_key(base, f"{VARIABLE_VALUE_KEY}_{n}")
-        self.keys.add(key)
         return key
 
 
 def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = None,
-                    mmap: bool = False, verify_checksums: bool = True,
+                    mmap: bool = False, into: Any = None, verify_checksums: bool = True,
                     storage_options: StorageOptions | None = None) -> Any:
     """Load the structure :func:`save_state_dict` wrote, with the same types.
+
+    With ``into``, a structure laid out like the saved one (``model.state_dict()``
+    for a model saved with ``save_state_dict(model.state_dict(), ...)``), each of its
+    tensors receives the saved value in place, as
+    ``torch.distributed.checkpoint.load`` fills the state dict it is given: no new
+    tensor memory, host tensors read straight from the file in one batch. The
+    returned structure holds those very tensors (new tensors only for values
+    ``into`` has no place for).
 
     Args:
         prefix: the prefix (or URL) passed to :func:`save_state_dict`.
@@ -299,6 +314,8 @@ def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = 
             happens here, before anything is returned: a damaged payload is an
             error, never a value). The tensors of one shard and dtype are views
             of one mapping of the file. Local paths only.
+        into: a structure whose tensors receive the values in place (any device;
+            each must have its saved value's shape and dtype). Not with ``mmap``.
         verify_checksums: verify every tensor's CRC32C (default).
         storage_options: fsspec filesystem arguments for a URL.
 
@@ -306,21 +323,79 @@ def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = 
         CheckpointNotFoundError: no bundle at ``prefix``.
         CorruptCheckpointError: damaged files, or no structure (not written by
             :func:`save_state_dict`); names the file and key.
-        ValueError: ``mmap`` with a URL or a non-CPU ``map_location``.
+        MismatchError: a tensor of ``into`` has another shape or dtype than its
+            saved value (names the key; nothing of that tensor is changed).
+        ValueError: ``mmap`` with a URL, a non-CPU ``map_location`` or ``into``;
+            ``into`` with tensors the checkpoint has no value for.
     """
     prefix = os.fspath(prefix)
     device = torch.device(map_location) if map_location is not None else torch.device("cpu")
-    if mmap and (is_remote(prefix) or device.type != "cpu"):
-        raise ValueError("mmap=True needs a local path and CPU tensors")
+    if mmap and (is_remote(prefix) or device.type != "cpu" or into is not None):
+        raise ValueError("mmap=True needs a local path, CPU tensors and no 'into'")
     with open_bundle(prefix, verify_checksums=verify_checksums,
                      storage_options=storage_options) as reader, gc_frozen():
         structure = _read_structure(reader)
         keys = list(dict.fromkeys(structure.tensor_keys))
-        if mmap:
+        if into is not None:
+            values = _read_in_place(reader, keys, _destinations(into), device)
+        elif mmap:
             values = _mapped_tensors(reader, keys)
         else:
             values = _read_tensors(reader, keys, device)
         return _Decoder(values, reader.index_path).decode(structure.root, 0)
+
+
+def _destinations(into: Any) -> dict[str, torch.Tensor]:
+    """``key -> tensor`` of ``into``: the keys :func:`save_state_dict` gives its tensors."""
+    encoder = _Encoder()
+    try:
+        encoder.encode(into, None, 0)
+    except _Refused as exc:
+        raise ValueError(f"into{''.join(reversed(exc.place))}: {exc.what}") from exc.__cause__
+    return encoder.tensors
+
+
+def _read_in_place(reader: Any, keys: list[str], destinations: dict[str, torch.Tensor],
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """The values of ``keys``: read into their destinations where ``into`` has one (host
+    tensors of the saved dtype and shape in one batch, with the entries decoded once;
+    others through a host copy), new tensors elsewhere."""
+    saved = set(keys)
+    unmatched = [key for key in destinations if key not in saved]
+    if unmatched:
+        raise ValueError(f"into has {len(unmatched)} tensors the checkpoint has no value "
+                         f"for, e.g. {unmatched[0]!r}")
+    placed = [key for key in keys if key in destinations]
+    pairs: list[tuple[str, Any]] = []
+    located: list[PayloadLocation] = []
+    through_copy: list[str] = []
+    for key, loc in zip(placed, reader.payload_locations(placed, checksums=False)):
+        dest = destinations[key]
+        array = plain_host_array(dest) if loc is not None else None
+        if array is not None and loc is not None and loc.dtype == TF_DTYPES.get(dest.dtype) \
+                and loc.shape == dest.shape:
+            pairs.append((key, array))
+            located.append(loc)
+        else:
+            through_copy.append(key)
+    values = _read_tensors(reader, through_copy, torch.device("cpu"))
+    for key, value in values.items():  # checked before anything lands
+        check_compatible_value(key, value, destinations[key])
+    reader.read_many_into(pairs, located)  # verifies every checksum as it reads
+    with torch.no_grad():
+        for key, value in values.items():
+            destinations[key].copy_(value)
+    out = {key: destinations[key] for key in placed}
+    out.update(_read_tensors(reader, [k for k in keys if k not in destinations], device))
+    return out
+
+
+def check_compatible_value(key: str, value: torch.Tensor, dest: torch.Tensor) -> None:
+    """Raise ``MismatchError`` unless ``value`` can land in ``dest`` unchanged."""
+    if tuple(value.shape) != tuple(dest.shape):
+        raise MismatchError(key, "shape", saved=list(value.shape), live=list(dest.shape))
+    if value.dtype != dest.dtype:
+        raise MismatchError(key, "dtype", saved=value.dtype, live=dest.dtype)
 
 
 class _Structure(NamedTuple):
@@ -546,7 +621,7 @@ class _Decoder:
         if type(key) is not str or key not in self.tensors:
             raise self.fail(f"bad tensor reference {str(node)[:80]}")
         t = self.tensors[key]
-        if "parameter" not in node:
+        if "parameter" not in node or type(t) is torch.nn.Parameter:  # into's own
             return t
         p = self.parameters.get(key)
         if p is None:

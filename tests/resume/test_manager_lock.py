@@ -61,3 +61,37 @@ def test_separate_directories_do_not_conflict(tmp_path):
     with _manager(tmp_path / "a") as a, _manager(tmp_path / "b") as b:
         a.save()
         b.save()
+
+
+def test_a_forked_child_does_not_keep_the_directory_locked(tmp_path):
+    """A process forked while a manager holds the lock (a DataLoader worker) drops its
+    copy: once the manager is gone, the directory is free though the child lives on."""
+    script = tmp_path / "fork_then_close.py"
+    script.write_text(textwrap.dedent("""
+        import fcntl, os, sys, time, torch, torchckpt
+        directory = sys.argv[1]
+        manager = torchckpt.CheckpointManager(torchckpt.Checkpoint(w=torch.zeros(2)),
+                                              directory, 2)
+        manager.save()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: reports whether it still holds a descriptor, then idles
+            os.write(write_end, b"none" if manager._lock_fd is None else b"held")
+            time.sleep(60)
+            os._exit(0)
+        print("child:", os.read(read_end, 4).decode())
+        manager.close()
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print("free while the child lives")
+        except OSError:
+            print("still locked")
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    """))
+    done = run_isolated([sys.executable, str(script), str(tmp_path / "run")], timeout=120)
+    assert done.returncode == 0, done.output
+    assert "child: none" in done.output
+    assert "free while the child lives" in done.output

@@ -26,6 +26,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from ..format._coding import put_varint
+
 try:  # the optional C codec (setup.py); the Python one below where it is not built
     from . import _wire_native as _native_mod  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - depends on the build
@@ -37,21 +39,10 @@ def accelerator() -> Any:
     each use, as :func:`torchckpt.format._io.accelerator` reads it)."""
     return None if os.environ.get("TORCHCKPT_NO_NATIVE") else _native_mod
 
-_SMALL = [bytes([i]) for i in range(0x80)]
-
 
 def varint(n: int) -> bytes:
     """Protobuf base-128 varint of ``n`` (a negative int32 takes ten bytes, as in protobuf)."""
-    if 0 <= n < 0x80:
-        return _SMALL[n]
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return put_varint(n + (1 << 64) if n < 0 else n)
 
 
 # --- bulk encoding -------------------------------------------------------------------------
@@ -59,11 +50,11 @@ def varint(n: int) -> bytes:
 # a %-format per record instead of a dozen bytes concatenations. Names that are not ASCII
 # are turned into their UTF-8 bytes as latin-1 characters first.
 
-_VARINT_TEXT = [varint(n).decode("latin-1") for n in range(1 << 14)]
+_ONE_BYTE = [chr(n) for n in range(0x80)]  # the varints of 0-127: one character each
 
 
 def _v(n: int) -> str:
-    return _VARINT_TEXT[n] if 0 <= n < 16384 else varint(n).decode("latin-1")
+    return _ONE_BYTE[n] if 0 <= n < 0x80 else varint(n).decode("latin-1")
 
 
 def _text(s: str) -> str:
