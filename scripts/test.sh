@@ -16,6 +16,16 @@ cd "$(dirname "$0")/.."
 python -m pip install torch==2.13.0
 python -m pip install -e '.[test]'
 python -m ruff check .
-python -m mypy
+# mypy (~50 s single-threaded without its cache) runs beside the tests; its verdict is
+# waited for and printed at the end, and it is stopped if this script ends first.
+mypy_log=$(mktemp)
+python -m mypy > "$mypy_log" 2>&1 &
+mypy_pid=$!
+trap 'kill "$mypy_pid" 2>/dev/null || true; rm -f "$mypy_log"' EXIT
 export TORCHCKPT_REQUIRE_TF=1 TORCHCKPT_REQUIRE_NATIVE=1
-python -m pytest -q -n 2 --dist loadgroup "$@"
+tests=0
+python -m pytest -q -n 2 --dist loadgroup "$@" || tests=$?
+mypy=0
+wait "$mypy_pid" || mypy=$?
+cat "$mypy_log"
+exit $(( tests != 0 ? tests : mypy ))
