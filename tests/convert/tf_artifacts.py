@@ -1,8 +1,8 @@
 """Make every TensorFlow artifact of the converter tests in one process (a subprocess).
 
 Usage: ``python tf_artifacts.py OUT_DIR``. Imports torch, torchckpt, TensorFlow,
-tf-keras, Keras 3 and transformers' TF classes once (about half of what each
-artifact used to cost on two cores), then forks one process per job
+tf-keras, Keras 3 and transformers' TF classes once (imports are about half of
+what a fresh process per artifact would cost on two cores), then forks one process per job
 (``forked.py``), two at a time, each in a process group of its own. A job is
 one of:
 
