@@ -25,7 +25,8 @@ from torchckpt.format._fast_entries import PayloadLocation, plain_location, plai
 from torchckpt.format.dtypes import FIXED_WIDTH, DataType
 from torchckpt.format.records import BundleEntry
 from torchckpt.graph.keys import format_key, object_path
-from torchckpt.state_dict import MAX_DEPTH, STRUCTURE_KEY, _views
+from torchckpt.state_dict import MAX_DEPTH, STRUCTURE_KEY
+from torchckpt.state_dict.payloads import _views
 
 
 def _entries(rng: random.Random, n: int) -> list[bytes]:
