@@ -29,7 +29,7 @@ import torch
 
 from .adapters import AdapterRegistry, default_registry
 from .adapters.registry import Adapter, Handle
-from .adapters.tensors import TF_DTYPES, TORCH_DTYPES, plain_host_array
+from .adapters.tensors import TORCH_DTYPES, host_array_holding, plain_host_array
 from .adapters.values import TensorAdapter, holds_data
 from .distributed.per_rank import PerRankAdapter, Placement
 from .errors import CorruptCheckpointError, InvalidValueError, UnsupportedFormatError
@@ -138,6 +138,11 @@ class RestoreSession:
         self.bound[node_id] = tensor
         self._bound_ids.setdefault(id(tensor), node_id)
         self._adapters[node_id] = TensorAdapter(tensor)
+        self._queue_leaf(node_id, tensor)
+
+    def _queue_leaf(self, node_id: int, tensor: torch.Tensor) -> None:
+        """A bound plain tensor's value: checked and read with the others of this pass
+        (:meth:`_land_batched`); slots waiting for this variable become ready."""
         self._leaves.append((node_id, self.graph.nodes[node_id].attributes[0].checkpoint_key,
                              tensor))
         if node_id in self._slot_waiting:
@@ -171,9 +176,7 @@ class RestoreSession:
         adapter = self._adapters[node_id] = self._registry.adapter(obj)
         node = self.graph.nodes[node_id]
         if type(adapter) is TensorAdapter and obj.is_cpu and _is_plain_leaf(node):
-            # most nodes of a model: checked and read with the others of this pass
-            self._leaves.append((node_id, node.attributes[0].checkpoint_key, obj))
-            self._restore_ready_slots(node_id)
+            self._queue_leaf(node_id, obj)  # most nodes of a model
             return
         per_rank = adapter if isinstance(adapter, PerRankAdapter) else None
         if node.attributes and per_rank is not None and per_rank.per_rank:
@@ -222,11 +225,10 @@ class RestoreSession:
         keys = [key for _, key, _ in leaves] + [key for *_, key in slots]
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
-        reads, applied, tf_dtype = self._located, self.applied, TF_DTYPES.get
+        reads, applied = self._located, self.applied
         for (node_id, key, tensor), loc in zip(leaves, locations):
-            array = plain_host_array(tensor) if loc is not None else None
-            if array is not None and loc is not None and loc.dtype == tf_dtype(tensor.dtype) \
-                    and loc.shape == tensor.shape:
+            array = host_array_holding(tensor, loc.dtype, loc.shape) if loc is not None else None
+            if array is not None and loc is not None:
                 reads.append((key, array, loc))
                 applied.add(node_id)
             else:

@@ -177,6 +177,14 @@ def plain_host_array(t: torch.Tensor) -> np.ndarray | None:
     return (t.detach() if t.requires_grad else t).numpy()
 
 
+def host_array_holding(t: torch.Tensor, dtype: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """:func:`plain_host_array` of ``t`` when ``t`` holds values of TF dtype ``dtype`` and
+    ``shape`` exactly, so that a payload of them can be read straight into it; else ``None``."""
+    if _TORCH_TO_TF.get(t.dtype) != dtype or t.shape != shape:
+        return None
+    return plain_host_array(t)
+
+
 def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:
     """A tensor of TF dtype ``dtype`` from the format layer's storage array.
 

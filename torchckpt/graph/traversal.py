@@ -8,7 +8,7 @@ keeps its first number and path, and every parent keeps an edge to every child
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Hashable
 
 
 @dataclass
@@ -19,6 +19,3 @@ class Walk:
     paths: list[tuple[str, ...]] = field(default_factory=list)
     edges: list[list[tuple[int, str]]] = field(default_factory=list)  # (node id, name)
     ids: dict[Hashable, int] = field(default_factory=dict)
-
-    def node_id(self, obj: Any, identity: Callable[[Any], Hashable]) -> int | None:
-        return self.ids.get(identity(obj))

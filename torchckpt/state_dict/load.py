@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..adapters.tensors import TF_DTYPES, plain_host_array
+from ..adapters.tensors import host_array_holding
 from ..errors import CorruptCheckpointError, MismatchError
 from ..format._fast_entries import PayloadLocation
 from ..format._io import gc_frozen
@@ -101,9 +101,8 @@ def _read_in_place(reader: Any, keys: list[str], destinations: dict[str, torch.T
     through_copy: list[str] = []
     for key, loc in zip(placed, reader.payload_locations(placed, checksums=False)):
         dest = destinations[key]
-        array = plain_host_array(dest) if loc is not None else None
-        if array is not None and loc is not None and loc.dtype == TF_DTYPES.get(dest.dtype) \
-                and loc.shape == dest.shape:
+        array = host_array_holding(dest, loc.dtype, loc.shape) if loc is not None else None
+        if array is not None and loc is not None:
             pairs.append((key, array))
             located.append(loc)
         else:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from ..adapters.tensors import tensor_to_buffer, tf_dtype_of
+from ..adapters.tensors import tf_dtype_of
 from ..errors import UntrackableError
 from ..format import BundleWriter
 from ..format._io import gc_frozen
-from ..format.dtypes import DataType
 from ..format.storage import StorageOptions, is_remote, local_path, staged_bundle
 from ..graph.keys import VARIABLE_VALUE_KEY, escape_local_name, format_key
-from ..transfer.host import add_tensors, host_tensor
+from ..transfer.host import add_tensors
 from .spec import _ALIGNMENT, _KEY_SUFFIX, FORMAT_VERSION, MAX_DEPTH, STRUCTURE_KEY, _Refused
 
 
@@ -72,8 +71,7 @@ def save_state_dict(obj: Any, prefix: str | os.PathLike[str], *, sync: bool = Tr
 def _write(prefix: str, encoder: _Encoder, text: str, *, sync: bool) -> None:
     writer = BundleWriter(prefix, data_alignment=_ALIGNMENT, sync=sync)
     try:
-        writer.add_many(_host_items(encoder.direct))
-        add_tensors(writer, encoder.staged)
+        add_tensors(writer, encoder.tensors.items())  # host tensors from their own memory
         writer.add_strings(STRUCTURE_KEY, [text.encode("utf-8")], ())
         writer.finish()
     except BaseException:
@@ -81,35 +79,19 @@ def _write(prefix: str, encoder: _Encoder, text: str, *, sync: bool) -> None:
         raise
 
 
-def _host_items(direct: list[tuple[str, torch.Tensor, DataType]]
-                ) -> Iterator[tuple[str, Any, DataType, torch.Size]]:
-    """``BundleWriter.add_many`` items of contiguous host tensors, each tensor's numpy view
-    made as the writer takes it (50,000 views held at once cost a quarter of the walk)."""
-    for key, t, tf_dtype in direct:
-        data: object
-        try:
-            data = t.numpy()
-        except RuntimeError:  # a lazy conjugate / negative bit: resolved, in a copy
-            data = tensor_to_buffer(host_tensor(t))
-        yield key, data, tf_dtype, t.shape
-
-
 class _Encoder:
     """Structure -> JSON spec, collecting each distinct tensor for the writer.
 
-    Contiguous host tensors of dtypes numpy can view go to :attr:`direct`, for
-    ``BundleWriter.add_many`` straight from their memory; the rest (GPU,
-    non-contiguous, bfloat16, ...) to :attr:`staged`, for ``add_tensors``.
-    A place's escaped object path (``graph/keys.py``) is built on the way down,
-    for containers and tensors only; its text for error messages only on error.
+    :attr:`tensors` maps each tensor's key to the tensor, in the order met, for
+    ``add_tensors`` (which writes host tensors from their own memory). A place's
+    escaped object path (``graph/keys.py``) is built on the way down, for
+    containers and tensors only; its text for error messages only on error.
     """
 
     def __init__(self) -> None:
-        self.direct: list[tuple[str, torch.Tensor, DataType]] = []
-        self.staged: list[tuple[str, torch.Tensor]] = []
         self.tensors: dict[str, torch.Tensor] = {}  # key -> the tensor itself
         self.nodes: dict[int, dict[str, Any]] = {}  # id(tensor) -> its node (kept alive by obj)
-        self.dtypes: dict[torch.dtype, tuple[DataType, bool]] = {}  # -> TF dtype, numpy views it
+        self.dtypes: set[torch.dtype] = set()  # dtypes checked to have a TF dtype
 
     def encode(self, value: Any, path: str | None, depth: int) -> Any:
         """The spec of ``value``, whose escaped object path is ``path`` (None: the root)."""
@@ -186,13 +168,10 @@ class _Encoder:
                            "tensor; save its plain value instead")
         if t.layout is not torch.strided:
             raise _Refused(f"a {t.layout} tensor cannot be saved; convert it to a dense tensor")
-        tf_dtype, viewable = self.dtypes.get(t.dtype) or self._dtype(t)
+        if t.dtype not in self.dtypes:
+            self._check_dtype(t)
         key = self._new_key(path)
         self.tensors[key] = t
-        if viewable and t.is_cpu and t.is_contiguous():
-            self.direct.append((key, t.detach() if t.requires_grad else t, tf_dtype))
-        else:
-            self.staged.append((key, t))
         if cls is torch.nn.Parameter:
             node = {"parameter": key, "requires_grad": bool(t.requires_grad)}
         else:
@@ -200,22 +179,16 @@ class _Encoder:
         self.nodes[id(t)] = node
         return node
 
-    def _dtype(self, t: torch.Tensor) -> tuple[DataType, bool]:
-        """``t.dtype``'s TF dtype, and whether ``Tensor.numpy()`` views it (cached)."""
+    def _check_dtype(self, t: torch.Tensor) -> None:
+        """Refuse a dtype TensorFlow has no type for (checked once per dtype)."""
         if t.is_quantized:
             raise _Refused(f"a quantized {t.dtype} tensor cannot be saved; convert it to a "
                            "dense tensor")
         try:
-            tf_dtype = tf_dtype_of(t.dtype)
+            tf_dtype_of(t.dtype)
         except UntrackableError as exc:
             raise _Refused(str(exc)) from exc
-        try:
-            torch.empty(0, dtype=t.dtype).numpy()
-            viewable = True
-        except TypeError:  # bfloat16, float8, uint16-64: through a same-width integer view
-            viewable = False
-        self.dtypes[t.dtype] = found = (tf_dtype, viewable)
-        return found
+        self.dtypes.add(t.dtype)
 
     def _new_key(self, base: str) -> str:
         key = base + _KEY_SUFFIX
