@@ -111,6 +111,7 @@ def main() -> None:
                      torchckpt.CheckpointOptions(collective=False))
         print(f"[rank 0] done at step {step}; weights in {args.dir}/final-weights", flush=True)
     manager.close()
+    dist.barrier()  # every rank done, rank 0's export included, before the group goes away
     dist.destroy_process_group()
 
 
