@@ -26,22 +26,24 @@ from collections import deque
 from typing import Any, Callable, Hashable
 
 import torch
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .adapters import AdapterRegistry, default_registry
+from .adapters.module import ModuleAdapter
 from .adapters.registry import Adapter, Handle
-from .adapters.tensors import TORCH_DTYPES, host_array_holding, plain_host_array
-from .adapters.values import TensorAdapter, holds_data
+from .adapters.tensors import TORCH_DTYPES
+from .adapters.values import TensorAdapter, holds_data, plain_tensor_types
 from .distributed.per_rank import PerRankAdapter, Placement
 from .errors import CorruptCheckpointError, InvalidValueError, UnsupportedFormatError
 from .format import BundleReader
-from .format._fast_entries import PayloadLocation
 from .format.dtypes import DataType, has_array_form
 from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, open_bundle
 from .graph.keys import OBJECT_GRAPH_PROTO_KEY, VARIABLE_VALUE_KEY
 from .graph.object_graph import FirstPaths, GraphNode, ObjectGraph, SlotRef, readable_path
 from .graph.status import MatchReport
-from .saving import identity, walk_live
+from .saving import identity, leaf_adapter, walk_live
+from .transfer.in_place import InPlaceReads
 from .transfer.staging import StagingBuffers
 from .transfer.values import BundleValue
 
@@ -68,8 +70,8 @@ class RestoreSession:
         self._registry = registry
         self._device = device
         self.bound: dict[int, Any] = {}
-        self._bound_ids: dict[Hashable, int] = {}
-        self._adapters: dict[int, Adapter] = {}
+        self._adapters: dict[int, Adapter] = {}  # visited nodes (a plain leaf's made on need)
+        self._leaf_nodes: set[int] = set()  # plain host tensors bound and queued in a batch
         self.applied: set[int] = set()
         self.pending: dict[tuple[int, str], Handle | None] = {}
         self.pending_slots: dict[int, int] = {}  # slot node -> its variable's node
@@ -87,7 +89,7 @@ class RestoreSession:
         self._leaves: list[tuple[int, str, torch.Tensor]] = []
         self._slots: list[tuple[int, int, SlotRef, str]] = []
         self._checks: list[tuple[str, Callable[[], None]]] = []
-        self._located: list[tuple[str, Any, PayloadLocation]] = []  # reads, entries decoded
+        self._in_place = InPlaceReads(reader)  # reads of entries located in _land_batched
 
     @classmethod
     def open(cls, root: Any, prefix: str, *, device: torch.device,
@@ -129,24 +131,36 @@ class RestoreSession:
         if node_id in self.bound:
             return
         self.bound[node_id] = obj
-        self._bound_ids.setdefault(identity(obj), node_id)
         self._queue.append(node_id)
 
-    def _bind_leaf(self, node_id: int, tensor: torch.Tensor) -> None:
-        """:meth:`_bind` and :meth:`_visit` of a plain host tensor's node in one step:
-        the many parameters of a model are bound without a queue round trip each."""
-        self.bound[node_id] = tensor
-        self._bound_ids.setdefault(id(tensor), node_id)
-        self._adapters[node_id] = TensorAdapter(tensor)
-        self._queue_leaf(node_id, tensor)
-
-    def _queue_leaf(self, node_id: int, tensor: torch.Tensor) -> None:
+    def _queue_leaf(self, node_id: int, tensor: torch.Tensor, key: str) -> None:
         """A bound plain tensor's value: checked and read with the others of this pass
         (:meth:`_land_batched`); slots waiting for this variable become ready."""
-        self._leaves.append((node_id, self.graph.nodes[node_id].attributes[0].checkpoint_key,
-                             tensor))
+        self._leaf_nodes.add(node_id)
+        self._leaves.append((node_id, key, tensor))
         if node_id in self._slot_waiting:
             self._restore_ready_slots(node_id)
+
+    def _visited(self, node_id: int) -> bool:
+        return node_id in self._adapters or node_id in self._leaf_nodes
+
+    def _adapter_of(self, node_id: int) -> Adapter:
+        """The adapter of a visited node (a batched leaf's is made here, on need)."""
+        adapter = self._adapters.get(node_id)
+        if adapter is None:
+            adapter = self._adapters[node_id] = self._registry.adapter(self.bound[node_id])
+        return adapter
+
+    @functools.cached_property
+    def _leaf_keys(self) -> list[str | None]:
+        """Per saved node, the key of its value where it is a plain leaf (one
+        ``VARIABLE_VALUE`` and nothing else: a tensor's); else ``None``."""
+        return [n.attributes[0].checkpoint_key if _is_plain_leaf(n) else None
+                for n in self.graph.nodes]
+
+    @functools.cached_property
+    def _plain_leaf_types(self) -> frozenset[type]:
+        return plain_tensor_types(self._registry)
 
     def _drain(self) -> None:
         try:
@@ -155,14 +169,12 @@ class RestoreSession:
             self._land_batched()
         finally:
             reads, self._reads = self._reads, []
-            located, self._located = self._located, []
             checks, self._checks = self._checks, []
             self._leaves.clear()
             self._slots.clear()
-        if reads or located:  # queued by _value, which requires the reader to be open
+        if reads or self._in_place:  # queued with the reader open
             reader = self._open_reader()
-            reader.read_many_into([*reads, *((key, out) for key, out, _ in located)],
-                                  [None] * len(reads) + [loc for _, _, loc in located])
+            self._in_place.run(reader, reads)
             for key, land in checks:
                 try:
                     land()
@@ -175,28 +187,45 @@ class RestoreSession:
         obj = self.bound[node_id]
         adapter = self._adapters[node_id] = self._registry.adapter(obj)
         node = self.graph.nodes[node_id]
-        if type(adapter) is TensorAdapter and obj.is_cpu and _is_plain_leaf(node):
-            self._queue_leaf(node_id, obj)  # most nodes of a model
+        key = self._leaf_keys[node_id]
+        if type(adapter) is TensorAdapter and obj.is_cpu and key is not None:
+            self._queue_leaf(node_id, obj, key)
             return
         per_rank = adapter if isinstance(adapter, PerRankAdapter) else None
         if node.attributes and per_rank is not None and per_rank.per_rank:
             self.unplaced.append(node_id)  # saved by one process: no rank of this world owns it
         else:
             self._apply_values(node_id, adapter, node)
-        nodes, bound, find = self.graph.nodes, self.bound, self._registry.find
-        for ref in node.children:
-            if per_rank is not None and self._placed_elsewhere(per_rank, ref.local_name,
-                                                               ref.node_id):
+        bound, leaf_keys, plain = self.bound, self._leaf_keys, self._plain_leaf_types
+        # a module's parameters are looked up in its own table, the most common case first:
+        # ModuleAdapter.child finds a non-None parameter there before anything else
+        params = obj._parameters if type(adapter) is ModuleAdapter \
+            and not isinstance(obj, LazyModuleMixin) else None
+        leaf_nodes, leaves, slot_waiting = self._leaf_nodes, self._leaves, self._slot_waiting
+        for child_id, name in node.children:
+            live = params.get(name) if params is not None else None
+            key = leaf_keys[child_id]
+            if live is not None and type(live) in plain and key is not None \
+                    and child_id not in bound and live.is_cpu:
+                # _bind, _visit and _queue_leaf in one step, for most nodes of a model
+                bound[child_id] = live
+                leaf_nodes.add(child_id)
+                leaves.append((child_id, key, live))
+                if child_id in slot_waiting:
+                    self._restore_ready_slots(child_id)
                 continue
-            live = adapter.child(ref.local_name)
-            if live is None or not adapter.child_ready(ref.local_name, live):
-                if ref.node_id not in bound and self.graph.has_values(ref.node_id):
-                    self._defer(node_id, ref.local_name, ref.node_id, adapter)
-            elif type(live) in _PLAIN_TENSORS and ref.node_id not in bound and live.is_cpu \
-                    and _is_plain_leaf(nodes[ref.node_id]) and find(live) is TensorAdapter:
-                self._bind_leaf(ref.node_id, live)
+            if per_rank is not None and self._placed_elsewhere(per_rank, name, child_id):
+                continue
+            live = adapter.child(name)
+            if live is None or not adapter.child_ready(name, live):
+                if child_id not in bound and self.graph.has_values(child_id):
+                    self._defer(node_id, name, child_id, adapter)
+            elif type(live) in plain and child_id not in bound and live.is_cpu \
+                    and leaf_keys[child_id] is not None:
+                bound[child_id] = live
+                self._queue_leaf(child_id, live, leaf_keys[child_id])  # type: ignore[arg-type]
             else:
-                self._bind(ref.node_id, live)
+                self._bind(child_id, live)
         for slot in node.slot_variables:
             self._slot_waiting.setdefault(slot.original_variable_node_id, []).append(
                 (node_id, slot))
@@ -225,14 +254,12 @@ class RestoreSession:
         keys = [key for _, key, _ in leaves] + [key for *_, key in slots]
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
-        reads, applied = self._located, self.applied
+        queue_read, applied = self._in_place.add, self.applied
         for (node_id, key, tensor), loc in zip(leaves, locations):
-            array = host_array_holding(tensor, loc.dtype, loc.shape) if loc is not None else None
-            if array is not None and loc is not None:
-                reads.append((key, array, loc))
+            if loc is not None and queue_read(key, tensor, loc):
                 applied.add(node_id)
             else:
-                self._apply_values(node_id, self._adapters[node_id], self.graph.nodes[node_id])
+                self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])
         adapters, bound, pending, checks = self._adapters, self.bound, self.pending_slots, \
             self._checks
         torch_dtype = TORCH_DTYPES.get
@@ -241,11 +268,9 @@ class RestoreSession:
             target = adapters[opt_id].slot_target(bound[var_id], slot.slot_name, dtype,
                                                   loc.shape) \
                 if dtype is not None and loc is not None else None
-            array = plain_host_array(target.tensor) if target is not None else None
-            if target is None or array is None or loc is None:
+            if target is None or loc is None or not queue_read(key, target.tensor, loc):
                 self._restore_slot(opt_id, var_id, slot, key)
                 continue
-            reads.append((key, array, loc))
             if target.land is not None:
                 checks.append((key, target.land))
             pending.pop(slot.slot_variable_node_id, None)  # what _slot_done's callback does
@@ -286,17 +311,22 @@ class RestoreSession:
                                              for s in self.graph.nodes[node_id].slot_variables])
         for var_id in var_ids:  # each once: an optimizer node may list many slots of one
             waiting = self._slot_waiting.get(var_id)
-            if not waiting or var_id not in self._adapters or not holds_data(self.bound[var_id]):
+            if not waiting or not self._visited(var_id) or not holds_data(self.bound[var_id]):
                 continue
-            ready = [(opt_id, slot) for opt_id, slot in waiting if opt_id in self._adapters]
-            if ready:  # one pass, not one list.remove per slot
-                self._slot_waiting[var_id] = [w for w in waiting if w[0] not in self._adapters]
+            adapters = self._adapters
+            if all(opt_id in adapters for opt_id, _ in waiting):  # the usual case: one optimizer
+                ready = waiting
+                del self._slot_waiting[var_id]
+            else:  # one pass, not one list.remove per slot
+                ready = [w for w in waiting if w[0] in adapters]
+                self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
+            nodes, slots, pending = self.graph.nodes, self._slots, self.pending_slots
             for opt_id, slot in ready:
-                slot_node = self.graph.nodes[slot.slot_variable_node_id]
+                slot_node = nodes[slot.slot_variable_node_id]
                 if not slot_node.attributes:
-                    self.pending_slots.pop(slot.slot_variable_node_id, None)
+                    pending.pop(slot.slot_variable_node_id, None)
                     continue
-                self._slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
+                slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
 
     def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
         """A slot through its optimizer's adapter: checks, converts, reports."""
@@ -388,6 +418,9 @@ class RestoreSession:
         """Live objects holding values that no checkpoint value reached or is waiting
         for (a lazy parameter whose value waits for its first forward is not one)."""
         walk, adapters = walk_live(self.root, self._registry)
+        bound_ids: dict[Hashable, int] = {}  # each live object's first bound node
+        for node_id, obj in self.bound.items():
+            bound_ids.setdefault(identity(obj), node_id)
         waiting_live = set()
         for parent, name in self.pending:
             adapter = self._adapters.get(parent)
@@ -396,14 +429,15 @@ class RestoreSession:
                 waiting_live.add(identity(live))
         out = []
         restored = self._restored_slots()
-        for obj, path, adapter in zip(walk.objects, walk.paths, adapters):
-            node_id = self._bound_ids.get(identity(obj))
+        for obj, path, maybe in zip(walk.objects, walk.paths, adapters):
+            adapter = leaf_adapter(maybe, obj)
+            found = bound_ids.get(identity(obj))
             if adapter.holds_values and identity(obj) not in waiting_live:
-                if node_id is None or node_id not in self.applied:
+                if found is None or found not in self.applied:
                     out.append(readable_path(path))
             for variable, slot_name, _ in adapter.slot_variables():
-                var_node = self._bound_ids.get(identity(variable))
-                if (node_id, var_node, slot_name) not in restored:
+                var_node = bound_ids.get(identity(variable))
+                if (found, var_node, slot_name) not in restored:
                     var_path = walk.paths[walk.ids[identity(variable)]] \
                         if identity(variable) in walk.ids else ("<unreachable>",)
                     out.append(f"{readable_path(path)} state '{slot_name}' of "
@@ -431,9 +465,6 @@ class RestoreSession:
                 handle.remove()
         self.pending.clear()
         self._release()
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _is_plain_leaf(node: GraphNode) -> bool:

@@ -15,7 +15,7 @@ import torch
 
 from .adapters import AdapterRegistry, ValueSlot, default_registry
 from .adapters.registry import Adapter
-from .adapters.values import TensorAdapter
+from .adapters.values import TensorAdapter, plain_tensor_types
 from .errors import UntrackableError
 from .format import BundleWriter
 from .format.storage import StorageOptions, is_remote, local_path, staged_bundle
@@ -68,32 +68,40 @@ class SavePlan:
         return self._graph.to_bytes()
 
 
-def walk_live(root: Any, registry: AdapterRegistry = default_registry) -> tuple[Walk, list[Any]]:
+def walk_live(root: Any, registry: AdapterRegistry = default_registry
+              ) -> tuple[Walk, list[Adapter | None]]:
     """Breadth-first walk of live objects (TF's ``trackable_view.py`` numbering);
-    returns the walk and each node's adapter.
+    returns the walk and each node's adapter, ``None`` for a plain tensor (a
+    ``torch.Tensor`` or ``nn.Parameter`` that the registry gives the plain
+    :class:`TensorAdapter`: :func:`leaf_adapter` makes it where needed).
 
     Node 0 is the root; nodes are numbered in breadth-first order, each object's
     children in the order its adapter lists them; an object reached again keeps
     its first number (and its first, shortest path), and every parent still
-    records an edge to it, so the graph can be a DAG. A plain tensor's adapter
-    has no children, so it is not asked for them: a model of 50,000 tensors
-    walks in a few dictionary operations per tensor.
+    records an edge to it, so the graph can be a DAG. A plain tensor has no
+    children, so no adapter is made and none is asked for them: a model of
+    50,000 tensors walks in a few dictionary operations per tensor.
 
     Raises:
         UntrackableError: an object has no adapter; the message says where it is.
     """
     walk = Walk()
     objects, paths, edges, ids = walk.objects, walk.paths, walk.edges, walk.ids
-    adapters: list[Adapter] = []
-    make, slot_type = registry.adapter, ValueSlot
+    adapters: list[Adapter | None] = []
+    make, slot_type, plain = registry.adapter, ValueSlot, plain_tensor_types(registry)
     ids[identity(root)] = 0
     objects.append(root)
     paths.append(())
     edges.append([])
     i = 0
     while i < len(objects):
+        obj = objects[i]
+        if type(obj) in plain:
+            adapters.append(None)
+            i += 1
+            continue
         try:
-            adapter = make(objects[i])
+            adapter = make(obj)
             children = [] if type(adapter) is TensorAdapter else adapter.children()
         except UntrackableError as exc:
             if not paths[i]:
@@ -115,6 +123,11 @@ def walk_live(root: Any, registry: AdapterRegistry = default_registry) -> tuple[
     return walk, adapters
 
 
+def leaf_adapter(adapter: Adapter | None, obj: Any) -> Adapter:
+    """``adapter``, or for a plain tensor's ``None`` (:func:`walk_live`) its TensorAdapter."""
+    return TensorAdapter(obj) if adapter is None else adapter
+
+
 def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePlan:
     """Decide the object graph and the key of every value reachable from ``root``.
 
@@ -131,16 +144,15 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
     tensors: list[tuple[str, torch.Tensor]] = []
     strings: list[tuple[str, str]] = []
     value_suffix = format_key("", VARIABLE_VALUE_KEY)
-    plain_types = (torch.Tensor, torch.nn.Parameter)  # never lazy (uninitialized)
+    objects = walk.objects
     for i, adapter in enumerate(adapters):
-        t = adapter.obj
-        if type(adapter) is TensorAdapter and type(t) in plain_types and not t.is_meta:
+        if adapter is None and not objects[i].is_meta:
             # TensorAdapter.values() inline, for most nodes of a model
             key = object_paths[i] + value_suffix
             attributes[i] = ((VARIABLE_VALUE_KEY, key, "/".join(paths[i])),)
-            tensors.append((key, t))
+            tensors.append((key, objects[i]))
             continue
-        values = adapter.values()
+        values = leaf_adapter(adapter, objects[i]).values()
         if not values:
             continue
         records = []
@@ -158,7 +170,7 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
         attributes[i] = records
     children = walk.edges
     for i, adapter in enumerate(adapters):
-        if type(adapter) is TensorAdapter:
+        if adapter is None or type(adapter) is TensorAdapter:
             continue
         refs = []
         for variable, slot_name, tensor in adapter.slot_variables():

@@ -87,18 +87,22 @@ def test_the_collector_stays_enabled_for_the_training_thread_during_an_async_wri
     model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(64)) for _ in range(2000)])
     ckpt = torchckpt.Checkpoint(model=model)
     in_write, release = threading.Event(), threading.Event()
-    real_add_many = bundle_writer.BundleWriter.add_many
+    real = {name: getattr(bundle_writer.BundleWriter, name)
+            for name in ("add_many", "add_many_at")}  # by buffer, or by address
 
-    def slow_add_many(self, items, **kwargs):
-        def held():
-            for i, item in enumerate(items):
-                if i == 100:  # the write is under way: let the training thread look
-                    in_write.set()
-                    release.wait(30)
-                yield item
-        return real_add_many(self, held(), **kwargs)
+    def held_after_100(name):
+        def add(self, items, **kwargs):
+            def held():
+                for i, item in enumerate(items):
+                    if i == 100:  # the write is under way: let the training thread look
+                        in_write.set()
+                        release.wait(30)
+                    yield item
+            return real[name](self, held(), **kwargs)
+        return add
 
-    bundle_writer.BundleWriter.add_many = slow_add_many
+    for name in real:
+        setattr(bundle_writer.BundleWriter, name, held_after_100(name))
     try:
         ckpt.save(str(tmp_path / "ckpt"), torchckpt.CheckpointOptions(enable_async=True))
         assert in_write.wait(30)
@@ -106,7 +110,8 @@ def test_the_collector_stays_enabled_for_the_training_thread_during_an_async_wri
         release.set()
         ckpt.sync()
     finally:
-        bundle_writer.BundleWriter.add_many = real_add_many
+        for name, method in real.items():
+            setattr(bundle_writer.BundleWriter, name, method)
         release.set()
     assert enabled_meanwhile
     assert gc.isenabled()

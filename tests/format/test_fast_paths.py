@@ -288,6 +288,32 @@ def test_gc_frozen_keeps_the_collector_enabled_and_a_freeze_of_the_program() -> 
         gc.unfreeze()
 
 
+def test_gc_frozen_blocks_nest_in_a_thread_and_across_threads() -> None:
+    """The heap is unfrozen when the last open block ends, whichever thread opened it."""
+    with _io.gc_frozen():
+        frozen = gc.get_freeze_count()
+        with _io.gc_frozen():  # a Checkpoint read around the reader's bulk read
+            assert gc.get_freeze_count() >= frozen
+        assert gc.get_freeze_count() >= frozen > 0  # the inner end did not unfreeze
+    assert gc.get_freeze_count() == 0
+
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with _io.gc_frozen():
+            entered.set()
+            release.wait(10)
+
+    with _io.gc_frozen():
+        worker = threading.Thread(target=other)
+        worker.start()
+        assert entered.wait(10)
+    assert gc.get_freeze_count() > 0  # the other thread's block is still open
+    release.set()
+    worker.join(10)
+    assert gc.get_freeze_count() == 0
+
+
 class _Node:
     def __init__(self, payload: object) -> None:
         self.payload = payload

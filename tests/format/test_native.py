@@ -49,6 +49,9 @@ def test_the_switch_is_read_when_used_not_at_import(monkeypatch) -> None:
 
 native = _accelerated()
 needs_native = pytest.mark.skipif(native is None, reason="CPU or build without the accelerator")
+# the reader's and writer's address paths also obey TORCHCKPT_NO_NATIVE, read when used
+uses_accelerator = pytest.mark.skipif(_io.accelerator() is None,
+                                      reason="no accelerator, or TORCHCKPT_NO_NATIVE is set")
 
 
 @needs_native
@@ -148,3 +151,157 @@ def test_mapped_reads_release_their_pages_in_windows(tmp_path, monkeypatch) -> N
     assert len(calls) > 10  # windows during the read ...
     assert calls[-1] == (100, len(data))  # ... and everything at the end
     assert all(lo < hi <= len(data) for lo, hi in calls)
+
+
+@needs_native
+def test_copy_many_crc32c_copies_to_addresses_and_finds_the_first_bad_crc() -> None:
+    rng = random.Random(11)
+    src = rng.randbytes(50_000)
+    spans = [(0, 0), (3, 1), (10, 255), (300, 4096), (5000, 40_000)]
+    out = np.zeros(50_000, np.uint8)
+    addresses, at = [], 0
+    for _, size in spans:
+        addresses.append(out.ctypes.data + at)
+        at += size
+    offsets, sizes = [o for o, _ in spans], [s for _, s in spans]
+    stored = [_crc32c.mask(_crc32c.value(src[o:o + s])) for o, s in spans]
+    assert native.copy_many_crc32c(src, offsets, addresses, sizes, stored) == -1
+    assert out[:at].tobytes() == b"".join(src[o:o + s] for o, s in spans)
+    assert native.copy_many_crc32c(src, offsets, addresses, sizes, None) == -1
+    stored[3] ^= 1
+    assert native.copy_many_crc32c(src, offsets, addresses, sizes, stored) == 3
+
+
+@needs_native
+def test_copy_many_crc32c_refuses_ranges_outside_the_source_before_copying() -> None:
+    out = np.zeros(16, np.uint8)
+    with pytest.raises(ValueError, match="outside the source"):
+        native.copy_many_crc32c(b"x" * 10, [0, 5], [out.ctypes.data] * 2, [4, 6], None)
+    assert not out.any()  # checked before anything is copied
+    with pytest.raises(ValueError, match="outside the source"):
+        native.copy_many_crc32c(b"x" * 10, [-1], [out.ctypes.data], [1], None)
+    with pytest.raises(ValueError, match="no destination"):
+        native.copy_many_crc32c(b"x" * 10, [0], [0], [1], None)
+    with pytest.raises(ValueError, match="another length"):
+        native.copy_many_crc32c(b"x" * 10, [0, 1], [out.ctypes.data], [1, 1], None)
+
+
+def _write_mixed(prefix: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    arrays = {f"small/{i}": rng.standard_normal(i + 1).astype(np.float32) for i in range(300)}
+    arrays["big"] = rng.standard_normal((_io.PARALLEL_BYTES // 4) + 5).astype(np.float32)
+    w = BundleWriter(prefix)
+    for key, a in arrays.items():
+        w.add(key, a, DataType.DT_FLOAT, a.shape)
+    w.finish()
+    return arrays
+
+
+@uses_accelerator
+def test_read_at_fills_memory_by_address_small_and_large_payloads(tmp_path) -> None:
+    prefix = str(tmp_path / "ckpt")
+    arrays = _write_mixed(prefix)
+    keys = list(arrays)
+    outs = [np.zeros_like(arrays[k]) for k in keys]
+    with BundleReader(prefix) as r:
+        assert r.can_read_at()
+        r.read_at(keys, r.payload_locations(keys, checksums=False), [o.ctypes.data for o in outs])
+    for key, out in zip(keys, outs):
+        assert np.array_equal(out, arrays[key]), key
+
+
+@uses_accelerator
+@pytest.mark.parametrize("where", ["small/250", "big"])
+def test_read_at_reports_a_corrupt_payload_with_its_file_and_key(tmp_path, where: str) -> None:
+    prefix = str(tmp_path / "ckpt")
+    arrays = _write_mixed(prefix)
+    data = prefix + ".data-00000-of-00001"
+    with BundleReader(prefix) as r:
+        offset = r.entry(where).offset
+    blob = bytearray(open(data, "rb").read())
+    blob[offset + 2] ^= 0x40
+    open(data, "wb").write(blob)
+    keys = list(arrays)
+    outs = [np.zeros_like(arrays[k]) for k in keys]
+    with BundleReader(prefix) as r, pytest.raises(ChecksumMismatchError) as err:
+        r.read_at(keys, r.payload_locations(keys, checksums=False), [o.ctypes.data for o in outs])
+    assert where in str(err.value) and data in str(err.value)
+
+
+@uses_accelerator
+def test_read_at_reports_a_file_that_shrank_after_it_was_opened(tmp_path) -> None:
+    prefix = str(tmp_path / "ckpt")
+    arrays = _write_mixed(prefix)
+    keys = [k for k in arrays if k != "big"]
+    outs = [np.zeros_like(arrays[k]) for k in keys]
+    with BundleReader(prefix) as r:
+        locations = r.payload_locations(keys, checksums=False)
+        os.truncate(prefix + ".data-00000-of-00001", locations[-1].offset + 1)
+        with pytest.raises(CorruptCheckpointError, match="shrank") as err:
+            r.read_at(keys, locations, [o.ctypes.data for o in outs])
+    assert "small/" in str(err.value)
+
+
+def test_read_at_is_offered_only_with_the_accelerator(tmp_path, monkeypatch) -> None:
+    prefix = str(tmp_path / "ckpt")
+    _write_mixed(prefix)
+    with BundleReader(prefix) as r:
+        assert r.can_read_at() == (_io.accelerator() is not None)
+        monkeypatch.setenv("TORCHCKPT_NO_NATIVE", "1")
+        assert not r.can_read_at()
+
+
+def _write_both_ways(tmp_path, arrays: dict[str, np.ndarray], alignment: int) -> tuple[str, str]:
+    by_buffer, by_address = str(tmp_path / "buffer"), str(tmp_path / "address")
+    w = BundleWriter(by_buffer, data_alignment=alignment)
+    w.add_many((k, a, DataType.DT_FLOAT, a.shape) for k, a in arrays.items())
+    w.finish()
+    w = BundleWriter(by_address, data_alignment=alignment)
+    assert w.can_add_at()
+    w.add_many_at((k, a.ctypes.data, a.nbytes, DataType.DT_FLOAT, a.shape)
+                  for k, a in arrays.items())
+    w.finish()
+    return by_buffer, by_address
+
+
+@uses_accelerator
+@pytest.mark.parametrize("alignment", [1, 64])
+def test_add_many_at_writes_the_bytes_add_many_writes(tmp_path, alignment: int) -> None:
+    """By address or by buffer, the data file and the index are the same bytes: small
+    payloads gathered (several 4 MiB batches), large ones written directly, empty ones."""
+    rng = np.random.default_rng(5)
+    arrays = {f"s/{i:05d}": rng.standard_normal(i % 700).astype(np.float32)
+              for i in range(6000)}
+    arrays["large"] = rng.standard_normal(400_000).astype(np.float32)  # 1.6 MB
+    arrays["zero-d"] = np.array(2.5, np.float32)
+    by_buffer, by_address = _write_both_ways(tmp_path, arrays, alignment)
+    for suffix in (".index", ".data-00000-of-00001"):
+        assert open(by_buffer + suffix, "rb").read() == open(by_address + suffix, "rb").read()
+    with BundleReader(by_address) as r:
+        for key in ("s/00699", "large", "zero-d"):
+            assert np.array_equal(r.read_array(key), arrays[key])
+
+
+@uses_accelerator
+def test_add_many_at_refuses_duplicate_keys_and_wrong_sizes(tmp_path) -> None:
+    a = np.zeros(4, np.float32)
+    w = BundleWriter(str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="duplicate"):
+        w.add_many_at([("k", a.ctypes.data, 16, DataType.DT_FLOAT, (4,))] * 2)
+    with pytest.raises(ValueError, match="12 bytes for shape"):
+        w.add_many_at([("j", a.ctypes.data, 12, DataType.DT_FLOAT, (4,))])
+    with pytest.raises(ValueError, match="fixed-width"):
+        w.add_many_at([("s", a.ctypes.data, 16, DataType.DT_STRING, (4,))])
+    w.abort()
+
+
+@needs_native
+def test_gather_crc32c_pads_to_the_alignment_and_masks_each_crc() -> None:
+    a, b = np.arange(10, dtype=np.uint8), np.arange(100, 107, dtype=np.uint8)
+    blob, crcs = native.gather_crc32c([a.ctypes.data, b.ctypes.data, 0], [10, 7, 0], 4)
+    assert blob == a.tobytes() + bytes(2) + b.tobytes() + bytes(1)
+    assert crcs == [_crc32c.mask(_crc32c.value(x)) for x in (a.tobytes(), b.tobytes(), b"")]
+    with pytest.raises(ValueError, match="no memory"):
+        native.gather_crc32c([0], [4], 1)
+    with pytest.raises(ValueError, match="alignment"):
+        native.gather_crc32c([], [], 0)

@@ -140,16 +140,35 @@ class OptimizerAdapter(Adapter):
                     shape: tuple[int, ...]) -> SlotTarget | None:
         """The existing state tensor when it has the saved floating dtype and shape (and
         the shape the slot must have): what :meth:`restore_slot` copies into. A 0-d slot
-        (``step``) is read into a scratch tensor, checked finite and >= 0, then copied."""
-        existing = self.obj.state.get(variable, {}).get(slot_name)
-        if not isinstance(existing, torch.Tensor) or existing.is_meta \
-                or existing.dtype != dtype or not dtype.is_floating_point \
-                or tuple(existing.shape) != tuple(shape) \
-                or self._slot_shape(variable, slot_name) not in (None, tuple(shape)):
+        (``step``) is checked finite and >= 0 once read; a value refused is replaced by
+        the one it had before, so it never stays."""
+        state = self.obj.state.get(variable)
+        existing = state.get(slot_name) if state is not None else None
+        if not isinstance(existing, torch.Tensor) or existing.dtype != dtype \
+                or not dtype.is_floating_point or existing.shape != shape or existing.is_meta:
+            return None
+        # the shape the slot must have (_slot_shape): a parameter's, or 0-d
+        if slot_name in _PARAM_SHAPED_SLOTS and variable.shape != shape \
+                or slot_name in _SCALAR_SLOTS and shape != ():
             return None
         if slot_name not in _SCALAR_SLOTS:
             return SlotTarget(existing)
-        scratch = torch.empty((), dtype=dtype)
+        if not existing.is_cpu:  # read on the host, checked, then copied to the device
+            return self._scalar_through_host(existing, slot_name)
+        before = existing.item()  # put back if the saved value is refused
+
+        def land() -> None:
+            try:
+                as_real(existing.item(), slot_name, lo=0)
+            except InvalidValueError:
+                with torch.no_grad():
+                    existing.fill_(before)  # exact: a float holds any 0-d float's value
+                raise
+        return SlotTarget(existing, land)
+
+    @staticmethod
+    def _scalar_through_host(existing: torch.Tensor, slot_name: str) -> SlotTarget:
+        scratch = torch.empty((), dtype=existing.dtype)
 
         def land() -> None:
             as_real(scratch.item(), slot_name, lo=0)

@@ -160,19 +160,27 @@ def tensor_to_buffer(t: torch.Tensor) -> memoryview:
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
+def plain_host(t: torch.Tensor) -> bool:
+    """A dense, contiguous CPU ``torch.Tensor``/``Parameter`` (no subclass) without lazy
+    conjugate/negative bits: its memory holds exactly its values, in order."""
+    return type(t) in _PLAIN_TENSOR_TYPES and t.is_cpu and t.layout is _STRIDED \
+        and t.is_contiguous() and not t.is_conj() and not t.is_neg()
+
+
+_STRIDED = torch.strided
+
+
 def plain_host_array(t: torch.Tensor) -> np.ndarray | None:
-    """:func:`tensor_to_buffer` for the common case, fast: a numpy view of a dense,
-    contiguous CPU ``torch.Tensor``/``Parameter`` of a dtype numpy holds, with
-    elements; ``None`` for anything else (subclasses, other devices or layouts,
-    lazy conjugate/negative bits, bfloat16, empty tensors), which callers take
-    through their general path. The view shares the tensor's memory.
+    """:func:`tensor_to_buffer` for the common case, fast: a numpy view of a plain host
+    tensor (:func:`plain_host`) of a dtype numpy holds, with elements; ``None`` for
+    anything else (subclasses, other devices or layouts, lazy conjugate/negative
+    bits, bfloat16, empty tensors), which callers take through their general path.
+    The view shares the tensor's memory.
 
     Why: a checkpoint of 50,000 small tensors converts 50,000 of them; the general
     function's checks cost ~4 us each, these ~1 us.
     """
-    if type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout != torch.strided \
-            or t.dtype not in _NUMPY_HOLDS or not t.is_contiguous() or t.is_conj() \
-            or t.is_neg() or not t.numel():
+    if t.dtype not in _NUMPY_HOLDS or not t.numel() or not plain_host(t):
         return None
     return (t.detach() if t.requires_grad else t).numpy()
 
@@ -183,6 +191,23 @@ def host_array_holding(t: torch.Tensor, dtype: int, shape: tuple[int, ...]) -> n
     if _TORCH_TO_TF.get(t.dtype) != dtype or t.shape != shape:
         return None
     return plain_host_array(t)
+
+
+def host_address_holding(t: torch.Tensor, dtype: int, shape: tuple[int, ...]) -> int:
+    """The address of ``t``'s memory when ``t`` is a plain host tensor (:func:`plain_host`)
+    with elements that holds values of TF dtype ``dtype`` and ``shape`` exactly, so that
+    a payload of them can be copied straight to it (``BundleReader.read_at``); else 0.
+
+    Why: ``data_ptr()`` costs ~0.1 us, a numpy view ~2 us; every torch dtype with a TF
+    dtype has the same bytes in both (bfloat16 and float8 included, which numpy lacks).
+    """
+    # plain_host(t), inline: this runs once per tensor of a restore
+    if _TORCH_TO_TF.get(t.dtype) != dtype or t.shape != shape or not t.numel() \
+            or type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout is not _STRIDED \
+            or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        return 0
+    address: int = t.data_ptr()
+    return address
 
 
 def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:

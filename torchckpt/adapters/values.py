@@ -29,7 +29,12 @@ def is_uninitialized(t: Any) -> bool:
 
 def holds_data(t: Any) -> bool:
     """False for a tensor that has no values yet: on the meta device, or lazy."""
+    if type(t) in _NEVER_LAZY:  # the usual case, without the isinstance tests
+        return not t.is_meta
     return not (isinstance(t, torch.Tensor) and (t.is_meta or is_uninitialized(t)))
+
+
+_NEVER_LAZY = (torch.Tensor, torch.nn.Parameter)  # exact types: lazy ones are subclasses
 
 
 def check_compatible(dest: torch.Tensor, src: ValueSource) -> None:
@@ -71,6 +76,14 @@ class TensorAdapter(Adapter):
         src = values.get(VARIABLE_VALUE_KEY)
         if src is not None:
             assign_tensor(self.obj, src)
+
+
+def plain_tensor_types(registry: Any) -> frozenset[type]:
+    """Of ``torch.Tensor`` and ``nn.Parameter``, the types ``registry`` (an
+    :class:`~.registry.AdapterRegistry`) gives the plain :class:`TensorAdapter` (a user may
+    register another): their objects are saved and restored without an adapter object."""
+    samples = (torch.empty(0), torch.nn.Parameter(torch.empty(0)))
+    return frozenset(type(t) for t in samples if registry.find(t) is TensorAdapter)
 
 
 class ValueSlot:

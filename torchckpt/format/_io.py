@@ -36,6 +36,7 @@ import contextlib
 import gc
 import mmap
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -93,16 +94,39 @@ def gc_frozen() -> Iterator[None]:
     throughout (``gc.isenabled()`` never changes), and garbage made meanwhile,
     by any thread, is collected as usual. When the program itself keeps a
     frozen generation (``gc.freeze()`` before forking workers), this does
-    nothing, so as not to undo it.
+    nothing, so as not to undo it. Blocks nest, in one thread or across threads: the
+    heap is unfrozen when the last one ends.
     """
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
+    scope = _FREEZE_SCOPE
+    with scope.lock:
+        if scope.depth == 0:  # nested calls (a Checkpoint read around read_many_into) skip
+            scope.froze = not gc.get_freeze_count()  # this call, which walks the frozen list
+            if scope.froze:
+                gc.freeze()
+        scope.depth += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        with scope.lock:
+            scope.depth -= 1
+            if scope.depth == 0 and scope.froze:
+                scope.froze = False
+                gc.unfreeze()
+
+
+class _FreezeScope:
+    """How many :func:`gc_frozen` blocks are open, in any thread, and whether the
+    outermost froze the heap (it did not where the program keeps its own frozen
+    generation). The frozen generation is one per process, so this count is too;
+    it holds no objects."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.froze = False
+
+
+_FREEZE_SCOPE = _FreezeScope()
 
 
 class Helper:
@@ -269,6 +293,60 @@ def _unmap_pages(mapped: mmap.mmap | None, start: int, end: int) -> None:
     hi = end // page * page
     if mapped is not None and hi > lo:
         mapped.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def copy_to_addresses(fd: int, mapped: mmap.mmap | None, offsets: Sequence[int],
+                      addresses: Sequence[int], sizes: Sequence[int],
+                      stored: Sequence[int] | None) -> int:
+    """Copy the payloads at ``offsets`` (increasing) of the file ``fd``, mapped whole as
+    ``mapped``, to the raw memory at ``addresses``, each with its CRC32C in the same pass
+    (the C accelerator's ``copy_many_crc32c``; the caller has checked :func:`accelerator`),
+    :data:`RELEASE_CHUNKS` chunks of the file at a time, whose pages are then dropped from
+    the mapping. Returns the first ``i`` whose masked CRC differs from ``stored[i]``, or -1
+    (always -1 where ``stored`` is ``None``).
+
+    The caller guarantees that each ``[address, address + size)`` is writable memory
+    it keeps alive during the call.
+
+    Raises:
+        ShortReadError: the file now ends before the last payload does.
+    """
+    n = len(offsets)
+    if n == 0:
+        return -1
+    native = accelerator()
+    source = _copy_source(fd, mapped, max(o + s for o, s in zip(offsets, sizes)))
+    if native is None or source is None:
+        raise RuntimeError("copy_to_addresses needs the C accelerator and a mapped file")
+    window = RELEASE_CHUNKS * CHUNK_BYTES
+    i = 0
+    try:
+        while i < n:
+            start, j = offsets[i], i + 1
+            while j < n and offsets[j] + sizes[j] - start <= window:
+                j += 1
+            bad: int = native.copy_many_crc32c(source, offsets[i:j], addresses[i:j], sizes[i:j],
+                                          None if stored is None else stored[i:j])
+            if bad >= 0:
+                return i + bad
+            _unmap_pages(mapped, start, offsets[j - 1] + sizes[j - 1])
+            i = j
+    finally:
+        source.release()
+    return -1
+
+
+def gather(alignment: int, addresses: Sequence[int], sizes: Sequence[int]
+           ) -> tuple[bytes, list[int]]:
+    """The payloads at ``addresses`` copied into one buffer, each padded with zeros to a
+    multiple of ``alignment`` bytes, and their TF-masked CRC32Cs, computed in the same
+    pass (the C accelerator's ``gather_crc32c``; the caller has checked
+    :func:`accelerator`). The caller keeps the memory alive during the call."""
+    native = accelerator()
+    if native is None:
+        raise RuntimeError("gather needs the C accelerator")
+    blob, crcs = native.gather_crc32c(addresses, sizes, alignment)
+    return blob, crcs
 
 
 def read_parallel(fd: int, jobs: Sequence[tuple[memoryview, int]], helper: Helper,

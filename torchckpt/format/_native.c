@@ -205,8 +205,174 @@ static PyObject *py_copy_crc32c(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(crc);
 }
 
+/* Read one sequence of integers into a new C array; NULL with an exception set. */
+static int64_t *int64_array(PyObject *seq, Py_ssize_t n, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "%s has another length", what);
+        return NULL;
+    }
+    int64_t *out = PyMem_Malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    if (out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* addresses above 2**63 do not occur in user space on x86-64 */
+        out[i] = (int64_t)PyLong_AsLongLong(items[i]);
+        if (out[i] == -1 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    return out;
+}
+
+PyDoc_STRVAR(copy_many_crc32c_doc,
+             "copy_many_crc32c(src, offsets, addresses, sizes, stored) -> int\n\n"
+             "For each i, copy sizes[i] bytes of the buffer `src` from offsets[i] to the\n"
+             "memory at the integer address addresses[i], computing the CRC-32C in the\n"
+             "same pass, and compare its TF mask with stored[i]. Returns the first i\n"
+             "whose CRC differs, or -1 (always -1 where `stored` is None). The GIL is\n"
+             "released during the copies.\n\n"
+             "The caller guarantees that every [address, address + size) is writable\n"
+             "memory it keeps alive during the call (a tensor's own storage); ranges\n"
+             "of `src` are checked here.");
+
+static PyObject *py_copy_many_crc32c(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    PyObject *offsets_seq, *addresses_seq, *sizes_seq, *stored_seq;
+    (void)self;
+    if (!accelerated) {
+        PyErr_SetString(PyExc_RuntimeError, "copy_many_crc32c: this CPU lacks AVX2/VPCLMULQDQ");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*OOOO:copy_many_crc32c", &src, &offsets_seq, &addresses_seq,
+                          &sizes_seq, &stored_seq))
+        return NULL;
+    int64_t *offsets = NULL, *addresses = NULL, *sizes = NULL, *stored = NULL;
+    Py_ssize_t n = PyObject_Length(offsets_seq);
+    Py_ssize_t bad = -1;
+    if (n < 0) goto done;
+    if ((offsets = int64_array(offsets_seq, n, "offsets")) == NULL) goto done;
+    if ((addresses = int64_array(addresses_seq, n, "addresses")) == NULL) goto done;
+    if ((sizes = int64_array(sizes_seq, n, "sizes")) == NULL) goto done;
+    if (stored_seq != Py_None && (stored = int64_array(stored_seq, n, "stored")) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (offsets[i] < 0 || sizes[i] < 0 || offsets[i] > (int64_t)src.len - sizes[i] ||
+            (sizes[i] > 0 && addresses[i] == 0)) {
+            PyErr_Format(PyExc_ValueError, "copy_many_crc32c: payload %zd lies outside the "
+                         "source or has no destination", i);
+            goto done;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t crc = ~copy_crc(~0u, (uint8_t *)(uintptr_t)addresses[i],
+                                 (const uint8_t *)src.buf + offsets[i], (size_t)sizes[i]);
+        uint32_t masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
+        if (stored != NULL && (int64_t)masked != stored[i]) {
+            bad = i;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyMem_Free(offsets);
+    PyMem_Free(addresses);
+    PyMem_Free(sizes);
+    PyMem_Free(stored);
+    PyBuffer_Release(&src);
+    if (PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(bad);
+}
+
+PyDoc_STRVAR(gather_crc32c_doc,
+             "gather_crc32c(addresses, sizes, alignment) -> (bytes, list)\n\n"
+             "Copy sizes[i] bytes from the memory at each integer address into one new\n"
+             "bytes object, in order, each followed by zeros up to a multiple of\n"
+             "`alignment` bytes, and return it with the TF-masked CRC-32C of each\n"
+             "payload, computed in the same pass. The GIL is released during the copies.\n\n"
+             "The caller guarantees that every [address, address + size) is readable\n"
+             "memory it keeps alive during the call (a tensor's own storage).");
+
+static PyObject *py_gather_crc32c(PyObject *self, PyObject *args) {
+    PyObject *addresses_seq, *sizes_seq;
+    Py_ssize_t alignment;
+    (void)self;
+    if (!accelerated) {
+        PyErr_SetString(PyExc_RuntimeError, "gather_crc32c: this CPU lacks AVX2/VPCLMULQDQ");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOn:gather_crc32c", &addresses_seq, &sizes_seq, &alignment))
+        return NULL;
+    if (alignment < 1) {
+        PyErr_SetString(PyExc_ValueError, "gather_crc32c: alignment must be >= 1");
+        return NULL;
+    }
+    PyObject *blob = NULL, *crcs = NULL, *result = NULL;
+    int64_t *addresses = NULL, *sizes = NULL;
+    uint32_t *masked = NULL;
+    Py_ssize_t n = PyObject_Length(addresses_seq);
+    if (n < 0) goto done;
+    if ((addresses = int64_array(addresses_seq, n, "addresses")) == NULL) goto done;
+    if ((sizes = int64_array(sizes_seq, n, "sizes")) == NULL) goto done;
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (sizes[i] < 0 || (sizes[i] > 0 && addresses[i] == 0) ||
+            sizes[i] > PY_SSIZE_T_MAX / 2 - total) {
+            PyErr_Format(PyExc_ValueError, "gather_crc32c: payload %zd has no memory or a "
+                         "size out of range", i);
+            goto done;
+        }
+        total += sizes[i];
+        total += (alignment - total % alignment) % alignment;
+    }
+    if ((masked = PyMem_Malloc(sizeof(uint32_t) * (size_t)(n ? n : 1))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if ((blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total)) == NULL) goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(blob);
+    Py_BEGIN_ALLOW_THREADS
+    int64_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t crc = ~copy_crc(~0u, out + at, (const uint8_t *)(uintptr_t)addresses[i],
+                                 (size_t)sizes[i]);
+        masked[i] = ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
+        at += sizes[i];
+        int64_t pad = (alignment - at % alignment) % alignment;
+        memset(out + at, 0, (size_t)pad);
+        at += pad;
+    }
+    Py_END_ALLOW_THREADS
+    if ((crcs = PyList_New(n)) == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(masked[i]);
+        if (v == NULL) goto done;
+        PyList_SET_ITEM(crcs, i, v);
+    }
+    result = PyTuple_Pack(2, blob, crcs);
+done:
+    PyMem_Free(addresses);
+    PyMem_Free(sizes);
+    PyMem_Free(masked);
+    Py_XDECREF(blob);
+    Py_XDECREF(crcs);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"copy_crc32c", py_copy_crc32c, METH_VARARGS, copy_crc32c_doc},
+    {"copy_many_crc32c", py_copy_many_crc32c, METH_VARARGS, copy_many_crc32c_doc},
+    {"gather_crc32c", py_gather_crc32c, METH_VARARGS, gather_crc32c_doc},
     {NULL, NULL, 0, NULL},
 };
 

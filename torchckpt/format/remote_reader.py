@@ -129,6 +129,10 @@ class RemoteBundleReader(BundleReader):
                                         f"computed 0x{_crc32c.mask(crc):08x})", key=self._k(key),
                                         offset=e.offset)
 
+    def can_read_at(self) -> bool:
+        """Never: remote shards are not mapped; callers read through buffers."""
+        return False
+
     def read_many_into(self, pairs: Iterable[tuple[str | bytes, object]],
                        locations: Sequence[PayloadLocation | None] | None = None) -> None:
         """:meth:`read_into` for many pairs: each data object is read once, in spans."""

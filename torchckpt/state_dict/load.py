@@ -10,12 +10,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..adapters.tensors import host_array_holding
 from ..errors import CorruptCheckpointError, MismatchError
-from ..format._fast_entries import PayloadLocation
 from ..format._io import gc_frozen
 from ..format.dtypes import DataType
 from ..format.storage import StorageOptions, is_remote, open_bundle
+from ..transfer.in_place import InPlaceReads
 from .payloads import _mapped_tensors, _read_tensors
 from .save import _Encoder
 from .spec import FORMAT_VERSION, MAX_DEPTH, STRUCTURE_KEY, Location, _Refused
@@ -96,21 +95,14 @@ def _read_in_place(reader: Any, keys: list[str], destinations: dict[str, torch.T
         raise ValueError(f"into has {len(unmatched)} tensors the checkpoint has no value "
                          f"for, e.g. {unmatched[0]!r}")
     placed = [key for key in keys if key in destinations]
-    pairs: list[tuple[str, Any]] = []
-    located: list[PayloadLocation] = []
-    through_copy: list[str] = []
-    for key, loc in zip(placed, reader.payload_locations(placed, checksums=False)):
-        dest = destinations[key]
-        array = host_array_holding(dest, loc.dtype, loc.shape) if loc is not None else None
-        if array is not None and loc is not None:
-            pairs.append((key, array))
-            located.append(loc)
-        else:
-            through_copy.append(key)
+    in_place = InPlaceReads(reader)
+    through_copy = [key for key, loc in zip(placed, reader.payload_locations(placed,
+                                                                              checksums=False))
+                    if loc is None or not in_place.add(key, destinations[key], loc)]
     values = _read_tensors(reader, through_copy, torch.device("cpu"))
     for key, value in values.items():  # checked before anything lands
         check_compatible_value(key, value, destinations[key])
-    reader.read_many_into(pairs, located)  # verifies every checksum as it reads
+    in_place.run(reader)  # verifies every checksum as it reads
     with torch.no_grad():
         for key, value in values.items():
             destinations[key].copy_(value)
