@@ -255,11 +255,17 @@ class RestoreSession:
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
         queue_read, applied = self._in_place.add, self.applied
-        for (node_id, key, tensor), loc in zip(leaves, locations):
-            if loc is not None and queue_read(key, tensor, loc):
-                applied.add(node_id)
-            else:
-                self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])
+        missed = self._in_place.add_many([key for _, key, _ in leaves],
+                                         [tensor for *_, tensor in leaves],
+                                         locations[:len(leaves)])
+        if missed:
+            skip = {leaves[i][0] for i in missed}
+            applied.update(node_id for node_id, _, _ in leaves if node_id not in skip)
+        else:
+            applied.update(node_id for node_id, _, _ in leaves)
+        for i in missed:  # through the adapter, which converts or reports
+            node_id = leaves[i][0]
+            self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])
         adapters, bound, pending, checks = self._adapters, self.bound, self.pending_slots, \
             self._checks
         torch_dtype = TORCH_DTYPES.get

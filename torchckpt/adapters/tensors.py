@@ -26,7 +26,7 @@ little-endian, which is every platform torch supports for this purpose.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -201,13 +201,24 @@ def host_address_holding(t: torch.Tensor, dtype: int, shape: tuple[int, ...]) ->
     Why: ``data_ptr()`` costs ~0.1 us, a numpy view ~2 us; every torch dtype with a TF
     dtype has the same bytes in both (bfloat16 and float8 included, which numpy lacks).
     """
-    # plain_host(t), inline: this runs once per tensor of a restore
-    if _TORCH_TO_TF.get(t.dtype) != dtype or t.shape != shape or not t.numel() \
-            or type(t) not in _PLAIN_TENSOR_TYPES or not t.is_cpu or t.layout is not _STRIDED \
-            or not t.is_contiguous() or t.is_conj() or t.is_neg():
-        return 0
-    address: int = t.data_ptr()
-    return address
+    return host_addresses_holding([t], [dtype], [shape])[0]
+
+
+def host_addresses_holding(tensors: Sequence[torch.Tensor], dtypes: Sequence[int],
+                           shapes: Sequence[tuple[int, ...]]) -> list[int]:
+    """:func:`host_address_holding` of each ``(tensor, dtype, shape)``, in one loop (a
+    restore asks for 50,000 at once)."""
+    to_tf, plain_types, strided = _TORCH_TO_TF.get, _PLAIN_TENSOR_TYPES, _STRIDED
+    out = []
+    for t, dtype, shape in zip(tensors, dtypes, shapes):
+        # plain_host(t), inline
+        if to_tf(t.dtype) != dtype or t.shape != shape or type(t) not in plain_types \
+                or not t.is_cpu or t.layout is not strided or not t.is_contiguous() \
+                or t.is_conj() or t.is_neg() or not t.numel():
+            out.append(0)
+        else:
+            out.append(t.data_ptr())
+    return out
 
 
 def array_to_tensor(array: np.ndarray, dtype: int) -> torch.Tensor:

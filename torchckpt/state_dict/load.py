@@ -96,9 +96,9 @@ def _read_in_place(reader: Any, keys: list[str], destinations: dict[str, torch.T
                          f"for, e.g. {unmatched[0]!r}")
     placed = [key for key in keys if key in destinations]
     in_place = InPlaceReads(reader)
-    through_copy = [key for key, loc in zip(placed, reader.payload_locations(placed,
-                                                                              checksums=False))
-                    if loc is None or not in_place.add(key, destinations[key], loc)]
+    missed = in_place.add_many(placed, [destinations[key] for key in placed],
+                               reader.payload_locations(placed, checksums=False))
+    through_copy = [placed[i] for i in missed]
     values = _read_tensors(reader, through_copy, torch.device("cpu"))
     for key, value in values.items():  # checked before anything lands
         check_compatible_value(key, value, destinations[key])

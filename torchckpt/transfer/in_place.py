@@ -13,11 +13,11 @@ verified as the bytes are read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from ..adapters.tensors import host_address_holding, host_array_holding
+from ..adapters.tensors import host_addresses_holding, host_array_holding
 from ..format._fast_entries import PayloadLocation
 
 
@@ -33,16 +33,39 @@ class InPlaceReads:
     def add(self, key: str, tensor: torch.Tensor, loc: PayloadLocation) -> bool:
         """Queue the read of ``loc``'s payload into ``tensor`` where ``tensor`` is a plain
         host tensor of the payload's dtype and shape; False (nothing queued) elsewhere."""
+        return not self.add_many([key], [tensor], [loc])
+
+    def add_many(self, keys: Sequence[str], tensors: Sequence[torch.Tensor],
+                 locations: Sequence[PayloadLocation | None]) -> list[int]:
+        """:meth:`add` for each ``(key, tensor, location)``; returns the indices of those
+        not queued (a ``None`` location, or a tensor that cannot take the payload)."""
+        missed: list[int] = []
         if self._by_address:
-            address = host_address_holding(tensor, loc.dtype, loc.shape)
-            if address:
-                self._addressed.append((key, loc, address, tensor))
-                return True
-        array = host_array_holding(tensor, loc.dtype, loc.shape)
-        if array is None:
-            return False
-        self._viewed.append((key, array, loc))
-        return True
+            located = [i for i, loc in enumerate(locations) if loc is not None]
+            addresses = host_addresses_holding(
+                [tensors[i] for i in located],
+                [locations[i].dtype for i in located],  # type: ignore[union-attr]
+                [locations[i].shape for i in located])  # type: ignore[union-attr]
+            queue = self._addressed.append
+            tried = set(located)
+            missed = [i for i in range(len(keys)) if i not in tried]
+            for i, address in zip(located, addresses):
+                if address:
+                    queue((keys[i], locations[i], address, tensors[i]))  # type: ignore[arg-type]
+                else:
+                    missed.append(i)
+            candidates, missed = missed, []
+        else:
+            candidates = list(range(len(keys)))
+        for i in candidates:  # into numpy views, where numpy holds the dtype
+            loc = locations[i]
+            array = host_array_holding(tensors[i], loc.dtype, loc.shape) \
+                if loc is not None else None
+            if array is None or loc is None:
+                missed.append(i)
+            else:
+                self._viewed.append((keys[i], array, loc))
+        return sorted(missed)
 
     def __bool__(self) -> bool:
         return bool(self._addressed or self._viewed)
