@@ -30,12 +30,13 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from .adapters import AdapterRegistry, default_registry
 from .adapters.module import ModuleAdapter
-from .adapters.registry import Adapter, Handle
+from .adapters.registry import Adapter, Handle, SlotTarget
 from .adapters.tensors import TORCH_DTYPES
 from .adapters.values import TensorAdapter, holds_data, plain_tensor_types
 from .distributed.per_rank import PerRankAdapter, Placement
 from .errors import CorruptCheckpointError, InvalidValueError, UnsupportedFormatError
 from .format import BundleReader
+from .format._fast_entries import PayloadLocation
 from .format.dtypes import DataType, has_array_form
 from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, open_bundle
@@ -254,7 +255,7 @@ class RestoreSession:
         keys = [key for _, key, _ in leaves] + [key for *_, key in slots]
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
-        queue_read, applied = self._in_place.add, self.applied
+        applied = self.applied
         missed = self._in_place.add_many([key for _, key, _ in leaves],
                                          [tensor for *_, tensor in leaves],
                                          locations[:len(leaves)])
@@ -269,12 +270,21 @@ class RestoreSession:
         adapters, bound, pending, checks = self._adapters, self.bound, self.pending_slots, \
             self._checks
         torch_dtype = TORCH_DTYPES.get
+        targeted: list[tuple[int, int, SlotRef, str, SlotTarget, PayloadLocation]] = []
         for (opt_id, var_id, slot, key), loc in zip(slots, locations[len(leaves):]):
             dtype = torch_dtype(loc.dtype) if loc is not None else None
             target = adapters[opt_id].slot_target(bound[var_id], slot.slot_name, dtype,
                                                   loc.shape) \
                 if dtype is not None and loc is not None else None
-            if target is None or loc is None or not queue_read(key, target.tensor, loc):
+            if target is None or loc is None:
+                self._restore_slot(opt_id, var_id, slot, key)
+            else:
+                targeted.append((opt_id, var_id, slot, key, target, loc))
+        refused = set(self._in_place.add_many([t[3] for t in targeted],
+                                              [t[4].tensor for t in targeted],
+                                              [t[5] for t in targeted]))
+        for i, (opt_id, var_id, slot, key, target, _) in enumerate(targeted):
+            if i in refused:
                 self._restore_slot(opt_id, var_id, slot, key)
                 continue
             if target.land is not None:

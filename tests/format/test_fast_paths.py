@@ -290,11 +290,12 @@ def test_gc_frozen_keeps_the_collector_enabled_and_a_freeze_of_the_program() -> 
 
 def test_gc_frozen_blocks_nest_in_a_thread_and_across_threads() -> None:
     """The heap is unfrozen when the last open block ends, whichever thread opened it."""
+    # (frozen objects that die leave the frozen generation: its size only shrinks here)
     with _io.gc_frozen():
-        frozen = gc.get_freeze_count()
+        assert gc.get_freeze_count() > 0
         with _io.gc_frozen():  # a Checkpoint read around the reader's bulk read
-            assert gc.get_freeze_count() >= frozen
-        assert gc.get_freeze_count() >= frozen > 0  # the inner end did not unfreeze
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() > 0  # the inner end did not unfreeze
     assert gc.get_freeze_count() == 0
 
     entered, release = threading.Event(), threading.Event()

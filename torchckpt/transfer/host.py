@@ -19,7 +19,6 @@ import torch
 
 from ..adapters.tensors import (
     TF_DTYPES,
-    plain_host,
     plain_host_array,
     tensor_to_buffer,
     tf_dtype_of,
@@ -75,11 +74,16 @@ def _host_addresses(run: Iterable[tuple[str, torch.Tensor]], held: list[torch.Te
     ``BundleWriter.add_many_at``: a plain host tensor's own memory (~0.5 us each, any
     dtype), else that of a contiguous copy, appended to ``held`` so that it outlives
     the write."""
+    dtypes, plain_types, strided = TF_DTYPES, (torch.Tensor, torch.nn.Parameter), torch.strided
     for key, t in run:
-        if not plain_host(t):
+        # plain_host(t), inline: this runs once per tensor of a save
+        if type(t) not in plain_types or not t.is_cpu or t.layout is not strided \
+                or not t.is_contiguous() or t.is_conj() or t.is_neg():
             t = host_tensor(t)
             held.append(t)
-        yield key, t.data_ptr(), t.numel() * t.element_size(), tf_dtype_of(t.dtype), t.shape
+        dtype = dtypes.get(t.dtype)
+        yield key, t.data_ptr(), t.numel() * t.element_size(), \
+            dtype if dtype is not None else tf_dtype_of(t.dtype), t.shape
 
 
 def _host_items(run: Iterable[tuple[str, torch.Tensor]]
