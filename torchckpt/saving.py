@@ -86,20 +86,18 @@ def walk_live(root: Any, registry: AdapterRegistry = default_registry
         UntrackableError: an object has no adapter; the message says where it is.
     """
     walk = Walk()
-    objects, paths, edges, ids = walk.objects, walk.paths, walk.edges, walk.ids
-    adapters: list[Adapter | None] = []
+    objects, paths, object_paths, edges, ids = (walk.objects, walk.paths, walk.object_paths,
+                                                walk.edges, walk.ids)
     make, slot_type, plain = registry.adapter, ValueSlot, plain_tensor_types(registry)
     ids[identity(root)] = 0
     objects.append(root)
     paths.append(())
+    object_paths.append("")
     edges.append([])
-    i = 0
-    while i < len(objects):
+    adapters: list[Adapter | None] = [None]  # set as each node is visited
+    todo = [] if type(root) in plain else [0]  # nodes to ask for children, in id order
+    for i in todo:  # grows while it is walked: breadth-first
         obj = objects[i]
-        if type(obj) in plain:
-            adapters.append(None)
-            i += 1
-            continue
         try:
             adapter = make(obj)
             children = [] if type(adapter) is TensorAdapter else adapter.children()
@@ -107,9 +105,10 @@ def walk_live(root: Any, registry: AdapterRegistry = default_registry
             if not paths[i]:
                 raise
             raise UntrackableError(f"{readable_path(paths[i])}: {exc}") from exc
-        adapters.append(adapter)
+        adapters[i] = adapter
         if children:
             base, out = paths[i], edges[i]
+            prefix = object_paths[i] + "/" if i else ""
             for name, child in children:
                 key = child.identity if isinstance(child, slot_type) else id(child)
                 j = ids.get(key)
@@ -117,9 +116,15 @@ def walk_live(root: Any, registry: AdapterRegistry = default_registry
                     j = ids[key] = len(objects)
                     objects.append(child)
                     paths.append(base + (name,))
-                    edges.append([])
-                out.append((j, name))  # a plain tuple: ChildRef's fields, made faster
-        i += 1
+                    object_paths.append(prefix + (escape_local_name(name)
+                                                  if "." in name or "/" in name else name))
+                    adapters.append(None)
+                    if type(child) in plain:
+                        edges.append(())  # a plain tensor: no children, no adapter made
+                    else:
+                        edges.append([])
+                        todo.append(j)
+                out.append((j, name))  # type: ignore[attr-defined]  # visited: a list
     return walk, adapters
 
 
@@ -135,8 +140,7 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
     parent's plus one name, so no path is joined twice.
     """
     walk, adapters = walk_live(root, registry)
-    paths = walk.paths
-    object_paths = _object_paths(walk)
+    paths, object_paths = walk.paths, walk.object_paths
     # records as plain tuples of the fields of Attribute and SlotRef (GraphColumns);
     # nodes without any share one empty tuple
     attributes: list[Sequence[tuple[str, str, str]]] = [()] * len(adapters)
@@ -191,21 +195,6 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
             slots[i] = refs
     columns = GraphColumns(children, attributes, slots)
     return SavePlan(columns, tensors, strings)
-
-
-def _object_paths(walk: Walk) -> list[str]:
-    """Each node's escaped object path (:func:`~.graph.keys.object_path` of its path)."""
-    out = [""] * len(walk.objects)
-    done = bytearray(len(out))  # the first edge to a node is the one that numbered it
-    done[0] = 1
-    for i, edges in enumerate(walk.edges):
-        base = out[i] + "/" if i else ""
-        for child, name in edges:
-            if not done[child]:
-                done[child] = 1
-                out[child] = base + (escape_local_name(name)
-                                     if "." in name or "/" in name else name)
-    return out
 
 
 def write_plan(plan: SavePlan, prefix: str, *, sync: bool = True,

@@ -63,7 +63,7 @@ class GraphColumns:
     ``has_checkpoint_values`` is derived. Encodes straight to bytes
     (:func:`.wire.encode_graph`), without an object per node or record."""
 
-    def __init__(self, children: list[list[tuple[int, str]]],
+    def __init__(self, children: list[Sequence[tuple[int, str]]],
                  attributes: list[Sequence[tuple[str, str, str]]],
                  slots: list[Sequence[tuple[int, str, int]]]) -> None:
         self.children = children

@@ -8,7 +8,7 @@ keeps its first number and path, and every parent keeps an edge to every child
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 
 @dataclass
@@ -17,5 +17,9 @@ class Walk:
 
     objects: list[Any] = field(default_factory=list)
     paths: list[tuple[str, ...]] = field(default_factory=list)
-    edges: list[list[tuple[int, str]]] = field(default_factory=list)  # (node id, name)
+    # each node's escaped object path (graph.keys.object_path of its path): keys grow from it
+    object_paths: list[str] = field(default_factory=list)
+    # (node id, name) of each node's children; a node that cannot have any (a plain tensor)
+    # shares one empty tuple
+    edges: list[Sequence[tuple[int, str]]] = field(default_factory=list)
     ids: dict[Hashable, int] = field(default_factory=dict)

@@ -39,29 +39,22 @@ class InPlaceReads:
                  locations: Sequence[PayloadLocation | None]) -> list[int]:
         """:meth:`add` for each ``(key, tensor, location)``; returns the indices of those
         not queued (a ``None`` location, or a tensor that cannot take the payload)."""
-        missed: list[int] = []
+        missed = [i for i, loc in enumerate(locations) if loc is None]
+        located = [(i, loc) for i, loc in enumerate(locations) if loc is not None]
         if self._by_address:
-            located = [i for i, loc in enumerate(locations) if loc is not None]
-            addresses = host_addresses_holding(
-                [tensors[i] for i in located],
-                [locations[i].dtype for i in located],  # type: ignore[union-attr]
-                [locations[i].shape for i in located])  # type: ignore[union-attr]
-            queue = self._addressed.append
-            tried = set(located)
-            missed = [i for i in range(len(keys)) if i not in tried]
-            for i, address in zip(located, addresses):
+            addresses = host_addresses_holding([tensors[i] for i, _ in located],
+                                               [loc.dtype for _, loc in located],
+                                               [loc.shape for _, loc in located])
+            rest = []
+            for (i, loc), address in zip(located, addresses):
                 if address:
-                    queue((keys[i], locations[i], address, tensors[i]))  # type: ignore[arg-type]
+                    self._addressed.append((keys[i], loc, address, tensors[i]))
                 else:
-                    missed.append(i)
-            candidates, missed = missed, []
-        else:
-            candidates = list(range(len(keys)))
-        for i in candidates:  # into numpy views, where numpy holds the dtype
-            loc = locations[i]
-            array = host_array_holding(tensors[i], loc.dtype, loc.shape) \
-                if loc is not None else None
-            if array is None or loc is None:
+                    rest.append((i, loc))
+            located = rest
+        for i, loc in located:  # into numpy views, where numpy holds the dtype
+            array = host_array_holding(tensors[i], loc.dtype, loc.shape)
+            if array is None:
                 missed.append(i)
             else:
                 self._viewed.append((keys[i], array, loc))
