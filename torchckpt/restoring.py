@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 from torch.nn.modules.lazy import LazyModuleMixin
@@ -227,11 +227,40 @@ class RestoreSession:
                 self._queue_leaf(child_id, live, leaf_keys[child_id])  # type: ignore[arg-type]
             else:
                 self._bind(child_id, live)
-        for slot in node.slot_variables:
-            self._slot_waiting.setdefault(slot.original_variable_node_id, []).append(
-                (node_id, slot))
-            self.pending_slots[slot.slot_variable_node_id] = slot.original_variable_node_id
-        self._restore_ready_slots(node_id)
+        if node.slot_variables:
+            self._take_slots(node_id, node.slot_variables)
+        if node_id in self._slot_waiting:
+            self._restore_ready_slots(node_id)
+
+    def _take_slots(self, opt_id: int, refs: Sequence[SlotRef]) -> None:
+        """Book an optimizer's slots: those whose variable is visited and holds real data
+        are ready now (:meth:`_restore_ready_slots`, without a round trip through the
+        waiting lists), the others wait for their variable."""
+        waiting, pending, bound = self._slot_waiting, self.pending_slots, self.bound
+        ready: dict[int, bool] = {}  # variable node -> ready (asked once per variable)
+        late: list[int] = []  # ready variables that already had slots waiting
+        for slot in refs:
+            var_id = slot.original_variable_node_id
+            pending[slot.slot_variable_node_id] = var_id
+            now = ready.get(var_id)
+            if now is None:
+                now = ready[var_id] = self._visited(var_id) and holds_data(bound[var_id])
+                if now and var_id in waiting:
+                    late.append(var_id)
+            if now and var_id not in waiting:
+                self._queue_slot(opt_id, var_id, slot)
+            else:
+                waiting.setdefault(var_id, []).append((opt_id, slot))
+        for var_id in late:
+            self._restore_ready_slots(var_id)
+
+    def _queue_slot(self, opt_id: int, var_id: int, slot: SlotRef) -> None:
+        """A ready slot: read with the others of this pass (:meth:`_land_batched`)."""
+        slot_node = self.graph.nodes[slot.slot_variable_node_id]
+        if not slot_node.attributes:
+            self.pending_slots.pop(slot.slot_variable_node_id, None)
+        else:
+            self._slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
 
     def _apply_values(self, node_id: int, adapter: Adapter, node: GraphNode) -> None:
         """Hand a node's saved values to its adapter. Values no torch object can take (a
@@ -320,29 +349,22 @@ class RestoreSession:
         elif key in self.pending:
             self.pending[key] = handle
 
-    def _restore_ready_slots(self, node_id: int) -> None:
-        """Restore slots whose optimizer and variable are both visited, the variable
-        holding real data (a meta parameter without a saved value never does)."""
-        var_ids = dict.fromkeys([node_id] + [s.original_variable_node_id
-                                             for s in self.graph.nodes[node_id].slot_variables])
-        for var_id in var_ids:  # each once: an optimizer node may list many slots of one
-            waiting = self._slot_waiting.get(var_id)
-            if not waiting or not self._visited(var_id) or not holds_data(self.bound[var_id]):
-                continue
-            adapters = self._adapters
-            if all(opt_id in adapters for opt_id, _ in waiting):  # the usual case: one optimizer
-                ready = waiting
-                del self._slot_waiting[var_id]
-            else:  # one pass, not one list.remove per slot
-                ready = [w for w in waiting if w[0] in adapters]
-                self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
-            nodes, slots, pending = self.graph.nodes, self._slots, self.pending_slots
-            for opt_id, slot in ready:
-                slot_node = nodes[slot.slot_variable_node_id]
-                if not slot_node.attributes:
-                    pending.pop(slot.slot_variable_node_id, None)
-                    continue
-                slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
+    def _restore_ready_slots(self, var_id: int) -> None:
+        """Restore the slots waiting for variable ``var_id`` once it is visited and holds
+        real data (a meta parameter without a saved value never does), those of visited
+        optimizers."""
+        waiting = self._slot_waiting.get(var_id)
+        if not waiting or not self._visited(var_id) or not holds_data(self.bound[var_id]):
+            return
+        adapters = self._adapters
+        if all(opt_id in adapters for opt_id, _ in waiting):  # the usual case: one optimizer
+            ready = waiting
+            del self._slot_waiting[var_id]
+        else:  # one pass, not one list.remove per slot
+            ready = [w for w in waiting if w[0] in adapters]
+            self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
+        for opt_id, slot in ready:
+            self._queue_slot(opt_id, var_id, slot)
 
     def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
         """A slot through its optimizer's adapter: checks, converts, reports."""
