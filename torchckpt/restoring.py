@@ -288,11 +288,8 @@ class RestoreSession:
         missed = self._in_place.add_many([key for _, key, _ in leaves],
                                          [tensor for *_, tensor in leaves],
                                          locations[:len(leaves)])
-        if missed:
-            skip = {leaves[i][0] for i in missed}
-            applied.update(node_id for node_id, _, _ in leaves if node_id not in skip)
-        else:
-            applied.update(node_id for node_id, _, _ in leaves)
+        skip = {leaves[i][0] for i in missed}
+        applied.update(node_id for node_id, _, _ in leaves if node_id not in skip)
         for i in missed:  # through the adapter, which converts or reports
             node_id = leaves[i][0]
             self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])

@@ -1,9 +1,11 @@
 /* torchckpt.format._native: copy a payload and compute its CRC-32C in one pass.
  *
- * Optional accelerator for the restore path of torchckpt/format/_io.py, which
- * falls back to preadv + the `crc32c` package where this module is missing or
- * ACCELERATED is false (a CPU without AVX2 + VPCLMULQDQ + SSE4.2, or a build
- * for another architecture).
+ * Optional accelerator of torchckpt/format/_io.py: restores copy from the mapped
+ * data file (copy_crc32c, copy_many_crc32c to tensors' addresses), saves gather
+ * small payloads from tensors' addresses into one buffer (gather_crc32c). Where
+ * this module is missing or ACCELERATED is false (a CPU without AVX2 +
+ * VPCLMULQDQ + SSE4.2, or a build for another architecture), the reader falls
+ * back to preadv + the `crc32c` package, and both sides to buffer views.
  *
  * Why: restoring into existing tensors is bounded by one copy per byte from
  * the page cache (~7-10 GB/s per core on 2-core machines). Copying with
@@ -378,7 +380,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "torchckpt.format._native",
-    "Copy and CRC-32C in one pass (carry-less multiply), for verified restores.", -1, methods,
+    "Copy and CRC-32C in one pass (carry-less multiply), for verified reads and writes.", -1,
+    methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -523,8 +523,7 @@ class BundleReader:
                 off, _, size, stored, k = small[bad]
                 payload = memoryview(s.map)[off:off + size]
                 try:
-                    self.check_crc(k, BundleEntry(0, (), offset=off, crc32c=stored),
-                                   payload, s.path)  # raises
+                    self._crc_error(s, (off, payload, stored, self._k(k)))  # raises
                 finally:
                     payload.release()
             # large payloads by both threads (read_parallel), through views of their memory

@@ -265,13 +265,12 @@ class BundleWriter:
         then, and may reuse it afterwards.
         """
         f = self._file(shard)
-        batch: list[tuple[bytes, int, tuple[int, ...], int, int]] = []
-        batched: set[bytes] = set()  # keys of the batch, not yet in self._entries
+        batch: dict[bytes, tuple[int, tuple[int, ...], int, int]] = {}  # not in _entries yet
         held = 0
         with gc_frozen():
             for key, address, n, dtype, shape in items:
                 k = self._claim(key)
-                if k in batched:
+                if k in batch:
                     raise ValueError(f"duplicate checkpoint key {k!r}")
                 shape = tuple(map(int, shape))
                 fixed = _FIXED.get(dtype)
@@ -281,30 +280,28 @@ class BundleWriter:
                     raise ValueError(f"{k!r}: {n} bytes for shape {shape} of {fixed[2]}")
                 if n >= _DIRECT_BYTES:  # after the batch before it: add_many's file order
                     self._add_gathered(batch, f, shard)
-                    batch, held = [], 0
-                    batched.clear()
+                    batch, held = {}, 0
                     self._add(k, memoryview((ctypes.c_char * n).from_address(address)).cast("B"),
                               dtype, shape, f, shard)
                     continue
-                batch.append((k, fixed[0], shape, n, address))
-                batched.add(k)
+                batch[k] = (fixed[0], shape, n, address)
                 held += n
                 if held >= _GATHER_BYTES:
                     self._add_gathered(batch, f, shard)
-                    batch, held = [], 0
-                    batched.clear()
+                    batch, held = {}, 0
             self._add_gathered(batch, f, shard)
 
-    def _add_gathered(self, batch: list[tuple[bytes, int, tuple[int, ...], int, int]],
+    def _add_gathered(self, batch: dict[bytes, tuple[int, tuple[int, ...], int, int]],
                       f: _DataFile, shard: int) -> None:
-        """Copy ``(key, dtype, shape, nbytes, address)`` payloads into one buffer (with the
+        """Copy ``key -> (dtype, shape, nbytes, address)`` payloads into one buffer (with the
         file's alignment padding), append it, record their entries."""
         if not batch:
             return
-        blob, crcs = gather(f.alignment, [b[4] for b in batch], [b[3] for b in batch])
+        items = batch.values()
+        blob, crcs = gather(f.alignment, [b[3] for b in items], [b[2] for b in items])
         at = f.append(memoryview(blob))
         entries, align = self._entries, f.alignment
-        for (k, dtype, shape, n, _), crc in zip(batch, crcs):
+        for (k, (dtype, shape, n, _)), crc in zip(batch.items(), crcs):
             entries[k] = plain_entry(dtype, shape, shard, at, n, crc)
             at += n
             if align > 1:

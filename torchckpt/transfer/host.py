@@ -19,6 +19,7 @@ import torch
 
 from ..adapters.tensors import (
     TF_DTYPES,
+    plain_host,
     plain_host_array,
     tensor_to_buffer,
     tf_dtype_of,
@@ -74,11 +75,9 @@ def _host_addresses(run: Iterable[tuple[str, torch.Tensor]], held: list[torch.Te
     ``BundleWriter.add_many_at``: a plain host tensor's own memory (~0.5 us each, any
     dtype), else that of a contiguous copy, appended to ``held`` so that it outlives
     the write."""
-    dtypes, plain_types, strided = TF_DTYPES, (torch.Tensor, torch.nn.Parameter), torch.strided
+    dtypes = TF_DTYPES
     for key, t in run:
-        # plain_host(t), inline: this runs once per tensor of a save
-        if type(t) not in plain_types or not t.is_cpu or t.layout is not strided \
-                or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        if not plain_host(t):
             t = host_tensor(t)
             held.append(t)
         dtype = dtypes.get(t.dtype)

@@ -22,7 +22,7 @@ from ..format._fast_entries import PayloadLocation
 
 
 class InPlaceReads:
-    """The in-place reads of one pass, queued by :meth:`add`, done by :meth:`run`."""
+    """The in-place reads of one pass, queued by :meth:`add_many`, done by :meth:`run`."""
 
     def __init__(self, reader: Any) -> None:
         self._by_address = bool(reader.can_read_at())
@@ -30,14 +30,10 @@ class InPlaceReads:
         self._addressed: list[tuple[str, PayloadLocation, int, torch.Tensor]] = []
         self._viewed: list[tuple[str, Any, PayloadLocation]] = []
 
-    def add(self, key: str, tensor: torch.Tensor, loc: PayloadLocation) -> bool:
-        """Queue the read of ``loc``'s payload into ``tensor`` where ``tensor`` is a plain
-        host tensor of the payload's dtype and shape; False (nothing queued) elsewhere."""
-        return not self.add_many([key], [tensor], [loc])
-
     def add_many(self, keys: Sequence[str], tensors: Sequence[torch.Tensor],
                  locations: Sequence[PayloadLocation | None]) -> list[int]:
-        """:meth:`add` for each ``(key, tensor, location)``; returns the indices of those
+        """Queue the read of each location's payload into its tensor where the tensor is a
+        plain host tensor of the payload's dtype and shape; returns the indices of those
         not queued (a ``None`` location, or a tensor that cannot take the payload)."""
         missed = [i for i, loc in enumerate(locations) if loc is None]
         located = [(i, loc) for i, loc in enumerate(locations) if loc is not None]
