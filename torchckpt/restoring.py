@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .adapters import AdapterRegistry, default_registry
 from .adapters.module import ModuleAdapter
-from .adapters.registry import Adapter, Handle, SlotTarget
+from .adapters.registry import Adapter, Handle, SlotCheck
 from .adapters.tensors import TORCH_DTYPES
 from .adapters.values import TensorAdapter, holds_data, plain_tensor_types
 from .distributed.per_rank import PerRankAdapter, Placement
-from .errors import CorruptCheckpointError, InvalidValueError, UnsupportedFormatError
+from .errors import CorruptCheckpointError, UnsupportedFormatError
 from .format import BundleReader
 from .format._fast_entries import PayloadLocation
+from .format._io import gc_freeze_new
 from .format.dtypes import DataType, has_array_form
 from .format.records import ENDIAN_LITTLE
 from .format.storage import StorageOptions, open_bundle
@@ -80,16 +81,17 @@ class RestoreSession:
         self.other_ranks: list[int] = []
         self.unplaced: list[int] = []
         self._queue: deque[int] = deque()
+        self._slot_owners: list[int] = []  # optimizer nodes visited in this pass of _drain
         # In-place reads queued by one pass of _drain and done in one read_many_into call:
         # payloads are then read in file order with few system calls (50k small tensors).
         self._reads: list[tuple[str, Any]] = []
-        # (node, key, tensor) of plain host tensors bound in one pass of _drain, and
-        # (optimizer node, variable node, slot, key) of slots ready in it, checked against
-        # their entries together and queued as reads (_land_batched); then the checks of
-        # values read into scratch tensors, run after the reads
+        # (node, key, tensor) of plain host tensors bound in one pass of _drain, and per
+        # optimizer node the (slot, key) of its slots ready in it, checked against their
+        # entries together and queued as reads (_land_batched); then the checks of slot
+        # values (SlotTargets.land, the positions read, their keys), run after the reads
         self._leaves: list[tuple[int, str, torch.Tensor]] = []
-        self._slots: list[tuple[int, int, SlotRef, str]] = []
-        self._checks: list[tuple[str, Callable[[], None]]] = []
+        self._slots: dict[int, list[tuple[SlotRef, str]]] = {}
+        self._checks: list[tuple[SlotCheck, list[int], list[str]]] = []
         self._in_place = InPlaceReads(reader)  # reads of entries located in _land_batched
 
     @classmethod
@@ -117,6 +119,7 @@ class RestoreSession:
                                              "string", key=OBJECT_GRAPH_PROTO_KEY)
             data = reader.read_array(OBJECT_GRAPH_PROTO_KEY).item()
             graph = ObjectGraph.from_bytes(data, path=reader.index_path)
+            gc_freeze_new()  # kept to the end of the restore: not scanned again (_io.py)
         except BaseException:
             reader.close()
             raise
@@ -140,7 +143,7 @@ class RestoreSession:
         self._leaf_nodes.add(node_id)
         self._leaves.append((node_id, key, tensor))
         if node_id in self._slot_waiting:
-            self._restore_ready_slots(node_id)
+            self._queue_waiting_slots(node_id)
 
     def _visited(self, node_id: int) -> bool:
         return node_id in self._adapters or node_id in self._leaf_nodes
@@ -167,7 +170,14 @@ class RestoreSession:
         try:
             while self._queue:
                 self._visit(self._queue.popleft())
+            # slots are booked once the pass has visited the variables it reaches: a
+            # variable visited after its optimizer is then ready, not waiting
+            owners, self._slot_owners = self._slot_owners, []
+            for opt_id in owners:
+                self._take_slots(opt_id, self.graph.nodes[opt_id].slot_variables)
+            gc_freeze_new()  # the books of this pass, which live until its reads are done
             self._land_batched()
+            gc_freeze_new()
         finally:
             reads, self._reads = self._reads, []
             checks, self._checks = self._checks, []
@@ -176,11 +186,11 @@ class RestoreSession:
         if reads or self._in_place:  # queued with the reader open
             reader = self._open_reader()
             self._in_place.run(reader, reads)
-            for key, land in checks:
-                try:
-                    land()
-                except InvalidValueError as exc:
-                    raise exc.located(reader.index_path, key) from exc.__cause__
+            for land, read, keys in checks:
+                refused = land(read)
+                if refused:
+                    position, exc = refused[0]
+                    raise exc.located(reader.index_path, keys[position]) from exc.__cause__
         if not self.pending:
             self._release()
 
@@ -213,7 +223,7 @@ class RestoreSession:
                 leaf_nodes.add(child_id)
                 leaves.append((child_id, key, live))
                 if child_id in slot_waiting:
-                    self._restore_ready_slots(child_id)
+                    self._queue_waiting_slots(child_id)
                 continue
             if per_rank is not None and self._placed_elsewhere(per_rank, name, child_id):
                 continue
@@ -228,7 +238,7 @@ class RestoreSession:
             else:
                 self._bind(child_id, live)
         if node.slot_variables:
-            self._take_slots(node_id, node.slot_variables)
+            self._slot_owners.append(node_id)
         if node_id in self._slot_waiting:
             self._restore_ready_slots(node_id)
 
@@ -237,30 +247,38 @@ class RestoreSession:
         are ready now (:meth:`_restore_ready_slots`, without a round trip through the
         waiting lists), the others wait for their variable."""
         waiting, pending, bound = self._slot_waiting, self.pending_slots, self.bound
+        leaf_keys, queued = self._leaf_keys, self._slots.setdefault(opt_id, [])
         ready: dict[int, bool] = {}  # variable node -> ready (asked once per variable)
         late: list[int] = []  # ready variables that already had slots waiting
         for slot in refs:
             var_id = slot.original_variable_node_id
-            pending[slot.slot_variable_node_id] = var_id
             now = ready.get(var_id)
             if now is None:
                 now = ready[var_id] = self._visited(var_id) and holds_data(bound[var_id])
                 if now and var_id in waiting:
                     late.append(var_id)
             if now and var_id not in waiting:
-                self._queue_slot(opt_id, var_id, slot)
+                key = leaf_keys[slot.slot_variable_node_id]
+                if key is not None:  # _queue_slot's usual case
+                    queued.append((slot, key))
+                else:
+                    self._queue_slot(opt_id, slot)
             else:
+                pending[slot.slot_variable_node_id] = var_id
                 waiting.setdefault(var_id, []).append((opt_id, slot))
         for var_id in late:
             self._restore_ready_slots(var_id)
 
-    def _queue_slot(self, opt_id: int, var_id: int, slot: SlotRef) -> None:
+    def _queue_slot(self, opt_id: int, slot: SlotRef) -> None:
         """A ready slot: read with the others of this pass (:meth:`_land_batched`)."""
-        slot_node = self.graph.nodes[slot.slot_variable_node_id]
-        if not slot_node.attributes:
-            self.pending_slots.pop(slot.slot_variable_node_id, None)
-        else:
-            self._slots.append((opt_id, var_id, slot, slot_node.attributes[0].checkpoint_key))
+        key = self._leaf_keys[slot.slot_variable_node_id]
+        if key is None:
+            slot_node = self.graph.nodes[slot.slot_variable_node_id]
+            if not slot_node.attributes:
+                self.pending_slots.pop(slot.slot_variable_node_id, None)
+                return
+            key = slot_node.attributes[0].checkpoint_key
+        self._slots.setdefault(opt_id, []).append((slot, key))
 
     def _apply_values(self, node_id: int, adapter: Adapter, node: GraphNode) -> None:
         """Hand a node's saved values to its adapter. Values no torch object can take (a
@@ -277,46 +295,64 @@ class RestoreSession:
         adapter's path, which reads sliced or converted values and reports mismatches.
         Slot values that need a check after the read queue it in ``self._checks``."""
         leaves, self._leaves = self._leaves, []
-        slots, self._slots = self._slots, []
-        if not leaves and not slots:
+        slots, self._slots = self._slots, {}
+        if not leaves and not any(slots.values()):
             return
         reader = self._open_reader()
-        keys = [key for _, key, _ in leaves] + [key for *_, key in slots]
+        keys = [key for _, key, _ in leaves]
+        for queued in slots.values():
+            keys += [key for _, key in queued]
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
-        applied = self.applied
-        missed = self._in_place.add_many([key for _, key, _ in leaves],
-                                         [tensor for *_, tensor in leaves],
+        missed = self._in_place.add_many(keys[:len(leaves)], [tensor for *_, tensor in leaves],
                                          locations[:len(leaves)])
         skip = {leaves[i][0] for i in missed}
-        applied.update(node_id for node_id, _, _ in leaves if node_id not in skip)
+        self.applied.update(node_id for node_id, _, _ in leaves if node_id not in skip)
         for i in missed:  # through the adapter, which converts or reports
             node_id = leaves[i][0]
             self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])
-        adapters, bound, pending, checks = self._adapters, self.bound, self.pending_slots, \
-            self._checks
-        torch_dtype = TORCH_DTYPES.get
-        targeted: list[tuple[int, int, SlotRef, str, SlotTarget, PayloadLocation]] = []
-        for (opt_id, var_id, slot, key), loc in zip(slots, locations[len(leaves):]):
-            dtype = torch_dtype(loc.dtype) if loc is not None else None
-            target = adapters[opt_id].slot_target(bound[var_id], slot.slot_name, dtype,
-                                                  loc.shape) \
-                if dtype is not None and loc is not None else None
-            if target is None or loc is None:
-                self._restore_slot(opt_id, var_id, slot, key)
-            else:
-                targeted.append((opt_id, var_id, slot, key, target, loc))
-        refused = set(self._in_place.add_many([t[3] for t in targeted],
-                                              [t[4].tensor for t in targeted],
-                                              [t[5] for t in targeted]))
-        for i, (opt_id, var_id, slot, key, target, _) in enumerate(targeted):
-            if i in refused:
-                self._restore_slot(opt_id, var_id, slot, key)
-                continue
-            if target.land is not None:
-                checks.append((key, target.land))
-            pending.pop(slot.slot_variable_node_id, None)  # what _slot_done's callback does
-            applied.add(slot.slot_variable_node_id)
+        at = len(leaves)
+        for opt_id, queued in slots.items():
+            self._land_slots(opt_id, queued, locations[at:at + len(queued)])
+            at += len(queued)
+
+    def _land_slots(self, opt_id: int, queued: list[tuple[SlotRef, str]],
+                    locations: Sequence[PayloadLocation | None]) -> None:
+        """Queue the reads of an optimizer's ready slots into the tensors its adapter names
+        (:meth:`Adapter.slot_targets`); the others take :meth:`_restore_slot`."""
+        bound, dtype_of = self.bound, TORCH_DTYPES.get
+        targets = self._adapters[opt_id].slot_targets(
+            [bound[slot.original_variable_node_id] for slot, _ in queued],
+            [slot.slot_name for slot, _ in queued],
+            [dtype_of(loc.dtype) if loc is not None else None for loc in locations],
+            [loc.shape if loc is not None else None for loc in locations])
+        tensors = targets.tensors if targets is not None else [None] * len(queued)
+        keys = [key for _, key in queued]
+        chosen: Sequence[int] = [i for i, t in enumerate(tensors) if t is not None]
+        if len(chosen) < len(queued):
+            missed = self._in_place.add_many([keys[i] for i in chosen],
+                                             [tensors[i] for i in chosen],  # type: ignore[misc]
+                                             [locations[i] for i in chosen])
+        else:  # the usual case, without a pass per index
+            chosen = range(len(queued))
+            missed = self._in_place.add_many(keys, tensors, locations)  # type: ignore[arg-type]
+        if missed:
+            skip = set(missed)
+            read = [i for k, i in enumerate(chosen) if k not in skip]
+        else:
+            read = list(chosen)
+        pending, applied = self.pending_slots, self.applied
+        done = [queued[i][0].slot_variable_node_id for i in read]
+        applied.update(done)  # what _slot_done's callback does
+        for node_id in done:
+            pending.pop(node_id, None)
+        if len(read) < len(queued):
+            taken = set(read)
+            for i, (slot, key) in enumerate(queued):
+                if i not in taken:
+                    self._restore_slot(opt_id, slot.original_variable_node_id, slot, key)
+        if targets is not None and targets.land is not None and read:
+            self._checks.append((targets.land, read, keys))
 
     def _placed_elsewhere(self, adapter: PerRankAdapter, name: str, child: int) -> bool:
         """Book a per-rank child that this rank does not restore; False for its own."""
@@ -350,9 +386,14 @@ class RestoreSession:
         """Restore the slots waiting for variable ``var_id`` once it is visited and holds
         real data (a meta parameter without a saved value never does), those of visited
         optimizers."""
-        waiting = self._slot_waiting.get(var_id)
-        if not waiting or not self._visited(var_id) or not holds_data(self.bound[var_id]):
-            return
+        if var_id in self._slot_waiting and self._visited(var_id) \
+                and holds_data(self.bound[var_id]):
+            self._queue_waiting_slots(var_id)
+
+    def _queue_waiting_slots(self, var_id: int) -> None:
+        """Queue the slots waiting for variable ``var_id``, which is visited and holds real
+        data, those of visited optimizers (:meth:`_queue_slot`)."""
+        waiting = self._slot_waiting[var_id]
         adapters = self._adapters
         if all(opt_id in adapters for opt_id, _ in waiting):  # the usual case: one optimizer
             ready = waiting
@@ -360,8 +401,13 @@ class RestoreSession:
         else:  # one pass, not one list.remove per slot
             ready = [w for w in waiting if w[0] in adapters]
             self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
+        leaf_keys, slots = self._leaf_keys, self._slots
         for opt_id, slot in ready:
-            self._queue_slot(opt_id, var_id, slot)
+            key = leaf_keys[slot.slot_variable_node_id]
+            if key is not None:  # _queue_slot's usual case
+                slots.setdefault(opt_id, []).append((slot, key))
+            else:
+                self._queue_slot(opt_id, slot)
 
     def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
         """A slot through its optimizer's adapter: checks, converts, reports."""

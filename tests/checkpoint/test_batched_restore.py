@@ -102,6 +102,26 @@ def test_a_forged_step_read_in_the_batch_is_refused_and_never_lands(tmp_path, st
     assert torch.equal(live.state[next(iter(live_model.parameters()))]["step"], before)
 
 
+def test_every_forged_step_is_put_back_not_only_the_first_refused(tmp_path) -> None:
+    model = _model(10, seed=0)
+    opt = _adam(model)
+    params = list(model.parameters())
+    for i in (2, 5, 9):
+        opt.state[params[i]]["step"] = torch.tensor(-float(i))
+    prefix = torchckpt.Checkpoint(model=model, optimizer=opt).write(str(tmp_path / "c"))
+
+    live_model = _model(10, seed=1)
+    live = _adam(live_model)
+    live.step()
+    before = {i: live.state[p]["step"].clone() for i, p in enumerate(live_model.parameters())}
+    with pytest.raises(InvalidValueError, match="step") as info:
+        torchckpt.Checkpoint(model=live_model, optimizer=live).read(prefix)
+    assert "params/2/" in str(info.value.key)  # the first refused, in the graph's order
+    for i, p in enumerate(live_model.parameters()):
+        expected = before[i] if i in (2, 5, 9) else opt.state[params[i]]["step"]
+        assert torch.equal(live.state[p]["step"], expected), i
+
+
 def test_non_contiguous_and_bfloat16_tensors_take_the_adapter_path(tmp_path) -> None:
     """Values the batch cannot read in place (a transposed view, bfloat16) still land."""
     model = torch.nn.Module()

@@ -21,14 +21,14 @@ initializing fresh ones.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..errors import CorruptCheckpointError, InvalidValueError, MismatchError
 from ..graph.keys import PY_STATE_KEY
 from .owners import OPTIMIZER_STATE, check_lbfgs_history, check_optimizer_group
-from .registry import Adapter, SlotTarget, ValueSource
+from .registry import Adapter, SlotCheck, SlotTargets, ValueSource
 from .schema import as_real, check_state
 from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
 from .tensors import torch_dtype_or_name
@@ -41,6 +41,9 @@ _SCALAR_SLOTS = frozenset({"step", "eta", "mu", "mu_product"})
 _PARAM_SHAPED_SLOTS = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
                                  "square_avg", "acc_delta", "sum", "ax", "prev", "step_size",
                                  "grad_avg", "exp_inf"})
+
+
+_NOTHING = object()
 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -136,45 +139,38 @@ class OptimizerAdapter(Adapter):
         self._apply(variable, slot_name, value, scalar)
         done()
 
-    def slot_target(self, variable: Any, slot_name: str, dtype: torch.dtype,
-                    shape: tuple[int, ...]) -> SlotTarget | None:
-        """The existing state tensor when it has the saved floating dtype and shape (and
-        the shape the slot must have): what :meth:`restore_slot` copies into. A 0-d slot
-        (``step``) is checked finite and >= 0 once read; a value refused is replaced by
-        the one it had before, so it never stays."""
-        state = self.obj.state.get(variable)
-        existing = state.get(slot_name) if state is not None else None
-        if not isinstance(existing, torch.Tensor) or existing.dtype != dtype \
-                or not dtype.is_floating_point or existing.shape != shape or existing.is_meta:
-            return None
-        # the shape the slot must have (_slot_shape): a parameter's, or 0-d
-        if slot_name in _PARAM_SHAPED_SLOTS and variable.shape != shape \
-                or slot_name in _SCALAR_SLOTS and shape != ():
-            return None
-        if slot_name not in _SCALAR_SLOTS:
-            return SlotTarget(existing)
-        if not existing.is_cpu:  # read on the host, checked, then copied to the device
-            return self._scalar_through_host(existing, slot_name)
-        before = existing.item()  # put back if the saved value is refused
+    def slot_targets(self, variables: Sequence[Any], slot_names: Sequence[str],
+                     dtypes: Sequence[torch.dtype | None],
+                     shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets:
+        """Per slot, the existing state tensor when it has the saved floating dtype and
+        shape (and the shape the slot must have): what :meth:`restore_slot` copies into.
+        0-d slots (``step``) are checked finite and >= 0 once read (``land``); a value
+        refused is replaced by the one the slot had before, so it never stays.
 
-        def land() -> None:
-            try:
-                as_real(existing.item(), slot_name, lo=0)
-            except InvalidValueError:
-                with torch.no_grad():
-                    existing.fill_(before)  # exact: a float holds any 0-d float's value
-                raise
-        return SlotTarget(existing, land)
-
-    @staticmethod
-    def _scalar_through_host(existing: torch.Tensor, slot_name: str) -> SlotTarget:
-        scratch = torch.empty((), dtype=existing.dtype)
-
-        def land() -> None:
-            as_real(scratch.item(), slot_name, lo=0)
-            with torch.no_grad():
-                existing.copy_(scratch)
-        return SlotTarget(scratch, land)
+        Why one call: a restore of Adam's state for 12,500 parameters asks for 37,500
+        slots; each parameter's state is looked up once, and the 0-d slots are checked
+        together (:class:`_ScalarSlots`)."""
+        states = self.obj.state
+        tensors: list[torch.Tensor | None] = []
+        scalars = _ScalarSlots()
+        last: Any = _NOTHING
+        state: dict[str, Any] | None = None
+        for i, (variable, name, dtype, shape) in enumerate(zip(variables, slot_names, dtypes,
+                                                                shapes)):
+            if variable is not last:
+                last, state = variable, states.get(variable)
+            existing = state.get(name) if state is not None else None
+            if dtype is None or not isinstance(existing, torch.Tensor) \
+                    or existing.dtype != dtype or not dtype.is_floating_point \
+                    or existing.shape != shape or existing.is_meta:
+                tensors.append(None)
+            elif name in _SCALAR_SLOTS:  # the shape the slot must have (_slot_shape): 0-d
+                tensors.append(scalars.add(i, name, existing) if shape == () else None)
+            elif name in _PARAM_SHAPED_SLOTS and variable.shape != shape:  # or a parameter's
+                tensors.append(None)
+            else:
+                tensors.append(existing)
+        return SlotTargets(tensors, scalars.start() if scalars else None)
 
     def _checked_slot(self, param: torch.Tensor, slot_name: str,
                       value: ValueSource) -> torch.Tensor | None:
@@ -250,3 +246,60 @@ class OptimizerAdapter(Adapter):
         if t.is_floating_point():
             return t.to(device=param.device, dtype=param.dtype)
         return t.to(device=param.device)
+
+
+class _ScalarSlots:
+    """The 0-d slots of one :meth:`OptimizerAdapter.slot_targets` call: read in place and
+    checked together once read, the values they had kept to put back where a value is
+    refused. A slot on another device is read into a host scratch tensor and copied to
+    the device once accepted."""
+
+    def __init__(self) -> None:
+        self._host: list[tuple[int, str, torch.Tensor]] = []  # position, name, live tensor
+        self._device: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # + scratch
+        self._before: list[float] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._host or self._device)
+
+    def add(self, position: int, name: str, existing: torch.Tensor) -> torch.Tensor:
+        """Book slot ``position``; returns the tensor its saved value is read into."""
+        if existing.is_cpu and type(existing) in _PLAIN_TENSORS:
+            self._host.append((position, name, existing))
+            return existing
+        scratch = torch.empty((), dtype=existing.dtype)
+        self._device.append((position, name, existing, scratch))
+        return scratch
+
+    def start(self) -> SlotCheck:
+        """Keep the host slots' values as they are before the read (a Python float holds
+        any 0-d floating tensor's value exactly); returns the check."""
+        self._before = [t.item() for _, _, t in self._host]
+        return self.land
+
+    def land(self, read: Sequence[int]) -> list[tuple[int, InvalidValueError]]:
+        """Check the slots at positions ``read``; see :class:`SlotTargets`."""
+        done = set(read)
+        refused: list[tuple[int, InvalidValueError]] = []
+        with torch.no_grad():
+            for (position, name, live), before in zip(self._host, self._before):
+                value = live.item()
+                if not 0 <= value < _INF and position in done:  # NaN fails both: as_real's test
+                    try:
+                        as_real(value, name, lo=0)
+                    except InvalidValueError as exc:
+                        refused.append((position, exc))
+                        live.fill_(before)
+            for position, name, live, scratch in self._device:
+                if position in done:
+                    try:
+                        as_real(scratch.item(), name, lo=0)
+                    except InvalidValueError as exc:
+                        refused.append((position, exc))
+                        continue
+                    live.copy_(scratch)
+        return sorted(refused, key=lambda r: r[0])
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_INF = float("inf")

@@ -15,11 +15,11 @@ that code mutates behind the caller's back.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from ..errors import UntrackableError
+from ..errors import InvalidValueError, UntrackableError
 
 
 @runtime_checkable
@@ -117,22 +117,29 @@ class Adapter:
         """Restore one slot of ``variable``; call ``done()`` once it is applied."""
         raise UntrackableError(f"{type(self.obj).__name__} has no slot variables")
 
-    def slot_target(self, variable: Any, slot_name: str, dtype: torch.dtype,
-                    shape: tuple[int, ...]) -> SlotTarget | None:
-        """Where a saved slot of ``dtype`` and ``shape`` can be read in place, when
-        :meth:`restore_slot` would accept it and do no more than copy it there; ``None``
-        leaves the slot to :meth:`restore_slot`. Lets a restore read many slots in
-        one batch."""
+    def slot_targets(self, variables: Sequence[Any], slot_names: Sequence[str],
+                     dtypes: Sequence[torch.dtype | None],
+                     shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets | None:
+        """Where saved slots of ``dtypes`` and ``shapes`` (``None``: not a plain payload)
+        can be read in place, when :meth:`restore_slot` would accept each and do no
+        more than copy it there. One call for all the slots of a pass, so that a
+        restore reads many slots in one batch; ``None``, or a ``None`` in
+        :attr:`SlotTargets.tensors`, leaves a slot to :meth:`restore_slot`."""
         return None
 
 
-class SlotTarget(NamedTuple):
-    """A slot read in place: ``tensor`` receives the saved value; ``land``, when set,
-    runs after the read (checks the value, then puts it where it belongs, raising
-    ``InvalidValueError`` instead for a value the slot cannot take)."""
+SlotCheck = Callable[[Sequence[int]], list[tuple[int, InvalidValueError]]]
 
-    tensor: torch.Tensor
-    land: Callable[[], None] | None = None
+
+class SlotTargets(NamedTuple):
+    """Slots read in place: ``tensors[i]`` receives the saved value of slot ``i`` (``None``:
+    not read in place). ``land``, when set, runs after the reads with the positions
+    read: it checks their values and puts each accepted one where it belongs, puts the
+    value each refused slot had back, and returns ``(position, InvalidValueError)`` of
+    the refused ones, in order."""
+
+    tensors: list[torch.Tensor | None]
+    land: SlotCheck | None = None
 
 
 AdapterFactory = Callable[[Any], Adapter]

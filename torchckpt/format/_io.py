@@ -114,6 +114,22 @@ def gc_frozen() -> Iterator[None]:
                 gc.unfreeze()
 
 
+def gc_freeze_new() -> None:
+    """Inside a :func:`gc_frozen` block that froze the heap, freeze the objects made
+    since the block began too; elsewhere, nothing.
+
+    Why: a bulk operation that builds many long-lived objects (a restore decodes
+    an object graph of 100,000 nodes, then books 50,000 reads) makes the
+    collector scan them again at every collection its next allocations
+    trigger: ~20% of restoring 50,000 small tensors. Frozen, they are not
+    scanned; the block's end puts them back with the rest.
+    """
+    scope = _FREEZE_SCOPE
+    with scope.lock:
+        if scope.depth and scope.froze:
+            gc.freeze()
+
+
 class _FreezeScope:
     """How many :func:`gc_frozen` blocks are open, in any thread, and whether the
     outermost froze the heap (it did not where the program keeps its own frozen

@@ -499,38 +499,55 @@ class BundleReader:
             ChecksumMismatchError: a payload's CRC32C differs (names file, key, offset).
             CorruptCheckpointError: a shard is not open, or shrank since it was opened.
         """
-        by_shard: dict[int, list[tuple[int, int, int, int, str | bytes]]] = {}
-        for key, loc, address in zip(keys, locations, addresses):
-            by_shard.setdefault(loc.shard_id, []).append(
-                (loc.offset, address, loc.size, loc.crc32c, key))
-        for shard_id, items in by_shard.items():
+        shard_ids = sorted({loc.shard_id for loc in locations})
+        for shard_id in shard_ids:
             s = self._shards.get(shard_id)
             if not isinstance(s, _Shard):
                 raise CorruptCheckpointError(self.index_path, f"data shard {shard_id} is not "
                                              "open for an addressed read")
-            items.sort(key=itemgetter(0))
-            small = [it for it in items if it[2] < PARALLEL_BYTES]
-            try:
-                bad = copy_to_addresses(s.fd, s.mapped, [it[0] for it in small],
-                                        [it[1] for it in small], [it[2] for it in small],
-                                        [it[3] for it in small] if self.verify_checksums
-                                        else None)
-            except ShortReadError as exc:
-                k = next((it[4] for it in small if it[0] + it[2] > exc.offset), b"")
-                raise CorruptCheckpointError(s.path, "file shrank while reading", key=self._k(k),
-                                             offset=exc.offset) from exc
-            if bad >= 0:
-                off, _, size, stored, k = small[bad]
-                payload = memoryview(s.map)[off:off + size]
-                try:
-                    self._crc_error(s, (off, payload, stored, self._k(k)))  # raises
-                finally:
-                    payload.release()
+            # columns in file order (usually the order given), not a record per payload
+            mine: Sequence[int] = range(len(locations)) if len(shard_ids) == 1 else \
+                [i for i, loc in enumerate(locations) if loc.shard_id == shard_id]
+            offsets = [locations[i].offset for i in mine]
+            if offsets != sorted(offsets):
+                mine = [mine[k] for k in sorted(range(len(mine)), key=offsets.__getitem__)]
+                offsets = [locations[i].offset for i in mine]
+            sizes = [locations[i].size for i in mine]
+            large = [k for k, size in enumerate(sizes) if size >= PARALLEL_BYTES]
+            if large:
+                small = [k for k, size in enumerate(sizes) if size < PARALLEL_BYTES]
+                self._read_at_small(s, keys, locations, addresses, [mine[k] for k in small],
+                                    [offsets[k] for k in small], [sizes[k] for k in small])
+            else:
+                self._read_at_small(s, keys, locations, addresses, mine, offsets, sizes)
             # large payloads by both threads (read_parallel), through views of their memory
-            self._read_sorted(s, [(off, memoryview((ctypes.c_char * size).from_address(address)),
-                                   stored, self._k(k))
-                                  for off, address, size, stored, k in items
-                                  if size >= PARALLEL_BYTES])
+            self._read_sorted(s, [(offsets[k], memoryview((ctypes.c_char * sizes[k])
+                                                          .from_address(addresses[mine[k]])),
+                                   locations[mine[k]].crc32c, self._k(keys[mine[k]]))
+                                  for k in large])
+
+    def _read_at_small(self, s: _Shard, keys: Sequence[str | bytes],
+                       locations: Sequence[PayloadLocation], addresses: Sequence[int],
+                       mine: Sequence[int], offsets: list[int], sizes: list[int]) -> None:
+        """:meth:`read_at` of the payloads ``mine`` of shard ``s`` (in file order, at
+        ``offsets``, of ``sizes``), copied from the memory map with their CRCs."""
+        stored = [locations[i].crc32c for i in mine] if self.verify_checksums else None
+        try:
+            bad = copy_to_addresses(s.fd, s.mapped, offsets, [addresses[i] for i in mine],
+                                    sizes, stored)
+        except ShortReadError as exc:
+            k = next((keys[i] for i, o, n in zip(mine, offsets, sizes) if o + n > exc.offset),
+                     b"")
+            raise CorruptCheckpointError(s.path, "file shrank while reading", key=self._k(k),
+                                         offset=exc.offset) from exc
+        if bad >= 0:
+            off, size = offsets[bad], sizes[bad]
+            payload = memoryview(s.map)[off:off + size]
+            try:  # raises
+                self._crc_error(s, (off, payload, locations[mine[bad]].crc32c,
+                                    self._k(keys[mine[bad]])))
+            finally:
+                payload.release()
 
     def _plain_location(self, k: bytes) -> tuple[int, int, int, int] | None:
         """``(shard_id, offset, size, crc32c)`` of a plain fixed-width entry whose shard is

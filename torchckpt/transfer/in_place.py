@@ -9,6 +9,10 @@ files), each payload is copied to the tensor's memory by address
 the cost of restoring 50,000 small tensors; elsewhere, into numpy views
 (``read_many_into`` with the locations). Either way every checksum is
 verified as the bytes are read.
+
+The queue is kept as columns (keys, locations, addresses, tensors), not a
+record per read: 50,000 records would be 50,000 more objects for the
+garbage collector to scan while the restore runs.
 """
 
 from __future__ import annotations
@@ -26,38 +30,49 @@ class InPlaceReads:
 
     def __init__(self, reader: Any) -> None:
         self._by_address = bool(reader.can_read_at())
-        # key, location, address, and the tensor, kept alive until the copy is done
-        self._addressed: list[tuple[str, PayloadLocation, int, torch.Tensor]] = []
-        self._viewed: list[tuple[str, Any, PayloadLocation]] = []
+        self._clear()
+
+    def _clear(self) -> None:
+        # reads by address: the tensors are kept alive until the copy is done
+        self._keys: list[str] = []
+        self._locations: list[PayloadLocation] = []
+        self._addresses: list[int] = []
+        self._tensors: list[torch.Tensor] = []
+        self._viewed: list[tuple[str, Any, PayloadLocation]] = []  # reads into numpy views
 
     def add_many(self, keys: Sequence[str], tensors: Sequence[torch.Tensor],
                  locations: Sequence[PayloadLocation | None]) -> list[int]:
         """Queue the read of each location's payload into its tensor where the tensor is a
         plain host tensor of the payload's dtype and shape; returns the indices of those
         not queued (a ``None`` location, or a tensor that cannot take the payload)."""
-        missed = [i for i, loc in enumerate(locations) if loc is None]
-        located = [(i, loc) for i, loc in enumerate(locations) if loc is not None]
+        rest: Sequence[int] = range(len(keys))
         if self._by_address:
-            addresses = host_addresses_holding([tensors[i] for i, _ in located],
-                                               [loc.dtype for _, loc in located],
-                                               [loc.shape for _, loc in located])
-            rest = []
-            for (i, loc), address in zip(located, addresses):
-                if address:
-                    self._addressed.append((keys[i], loc, address, tensors[i]))
-                else:
-                    rest.append((i, loc))
-            located = rest
-        for i, loc in located:  # into numpy views, where numpy holds the dtype
-            array = host_array_holding(tensors[i], loc.dtype, loc.shape)
-            if array is None:
+            addresses = host_addresses_holding(tensors, locations)
+            if all(addresses):  # the usual case, without a pass per index
+                self._keys += keys
+                self._locations += locations  # type: ignore[arg-type]  # none is None
+                self._addresses += addresses
+                self._tensors += tensors
+                return []
+            taken = [i for i, address in enumerate(addresses) if address]
+            self._keys += [keys[i] for i in taken]
+            self._locations += [locations[i] for i in taken]  # type: ignore[misc]
+            self._addresses += [addresses[i] for i in taken]
+            self._tensors += [tensors[i] for i in taken]
+            rest = [i for i, address in enumerate(addresses) if not address]
+        missed = []
+        for i in rest:  # into numpy views, where numpy holds the dtype
+            loc = locations[i]
+            array = host_array_holding(tensors[i], loc.dtype, loc.shape) \
+                if loc is not None else None
+            if array is None or loc is None:
                 missed.append(i)
             else:
                 self._viewed.append((keys[i], array, loc))
-        return sorted(missed)
+        return missed
 
     def __bool__(self) -> bool:
-        return bool(self._addressed or self._viewed)
+        return bool(self._keys or self._viewed)
 
     def run(self, reader: Any, also: list[tuple[str, Any]] | None = None) -> None:
         """Do the queued reads, and ``also``'s ``(key, buffer)`` reads (entries not located
@@ -66,12 +81,14 @@ class InPlaceReads:
         Raises:
             CorruptCheckpointError: as the reader raises it (checksum, truncation, ...).
         """
-        addressed, self._addressed = self._addressed, []
-        viewed, self._viewed = self._viewed, []
-        if addressed:
-            reader.read_at([a[0] for a in addressed], [a[1] for a in addressed],
-                           [a[2] for a in addressed])
-        also = also or []
-        if viewed or also:
-            reader.read_many_into([*also, *((key, out) for key, out, _ in viewed)],
-                                  [None] * len(also) + [loc for _, _, loc in viewed])
+        keys, locations, addresses = self._keys, self._locations, self._addresses
+        viewed = self._viewed
+        try:
+            if keys:
+                reader.read_at(keys, locations, addresses)
+            also = also or []
+            if viewed or also:
+                reader.read_many_into([*also, *((key, out) for key, out, _ in viewed)],
+                                      [None] * len(also) + [loc for _, _, loc in viewed])
+        finally:
+            self._clear()
