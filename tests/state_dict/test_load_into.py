@@ -87,3 +87,37 @@ def test_into_with_mmap_is_refused(tmp_path) -> None:
     prefix = torchckpt.save_state_dict({"a": torch.ones(3)}, str(tmp_path / "sd"))
     with pytest.raises(ValueError, match="into"):
         torchckpt.load_state_dict(prefix, mmap=True, into={"a": torch.zeros(3)})
+
+
+def _nested(fill: float) -> dict:
+    return {"model": collections.OrderedDict(w=torch.full((3,), fill), b=torch.full((2,), fill)),
+            0: torch.full((1,), fill), "0": torch.full((1,), fill + 1),
+            "pairs": (torch.full((2, 2), fill), [torch.full((4,), fill), None, 3]),
+            "deep": [[{"x.y/z": torch.full((5,), fill)}]]}
+
+
+def _tensors(state) -> list:
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in _tensors(v)]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in _tensors(v)]
+    return [state] if isinstance(state, torch.Tensor) else []
+
+
+def test_every_tensor_of_a_nested_structure_lands_in_its_own_place(tmp_path) -> None:
+    saved = _nested(1.0)
+    prefix = torchckpt.save_state_dict(saved, str(tmp_path / "sd"))
+    live = _nested(0.0)
+    out = torchckpt.load_state_dict(prefix, into=live)
+    for want, got, returned in zip(_tensors(saved), _tensors(live), _tensors(out)):
+        assert torch.equal(got, want) and returned is got
+
+
+def test_a_tensor_shared_in_into_where_the_saved_ones_were_not_gets_the_first_value(
+        tmp_path) -> None:
+    prefix = torchckpt.save_state_dict({"a": torch.ones(2), "b": torch.full((2,), 2.0)},
+                                       str(tmp_path / "sd"))
+    shared = torch.zeros(2)
+    out = torchckpt.load_state_dict(prefix, into={"a": shared, "b": shared})
+    assert out["a"] is shared and torch.equal(shared, torch.ones(2))
+    assert out["b"] is not shared and torch.equal(out["b"], torch.full((2,), 2.0))

@@ -31,7 +31,7 @@ def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = 
     ``torch.distributed.checkpoint.load`` fills the state dict it is given: no new
     tensor memory, host tensors read straight from the file in one batch. The
     returned structure holds those very tensors (new tensors only for values
-    ``into`` has no place for).
+    ``into`` has no place for). Tensors are paired by their place in the structure.
 
     Args:
         prefix: the prefix (or URL) passed to :func:`save_state_dict`.
@@ -66,12 +66,98 @@ def load_state_dict(prefix: str | os.PathLike[str], *, map_location: Location = 
         structure = _read_structure(reader)
         keys = list(dict.fromkeys(structure.tensor_keys))
         if into is not None:
-            values = _read_in_place(reader, keys, _destinations(into), device)
+            destinations = _destinations_by_place(structure.root, into)
+            if destinations is None:
+                destinations = _destinations(into)
+            values = _read_in_place(reader, keys, destinations, device)
         elif mmap:
             values = _mapped_tensors(reader, keys)
         else:
             values = _read_tensors(reader, keys, device)
         return _Decoder(values, reader.index_path).decode(structure.root, 0)
+
+
+def _destinations_by_place(spec: Any, into: Any) -> dict[str, torch.Tensor] | None:
+    """``key -> tensor``: each tensor of ``into`` paired with the saved tensor at the same
+    place of the structure, in one walk of the saved spec beside ``into``; ``None``
+    where that pairs some tensor of ``into`` with no key or with two (a tensor the
+    checkpoint has no value for, or one shared where the saved ones were not), for
+    :func:`_destinations` to decide by key, and name the culprit.
+
+    Why: keys are made from places, so both pair alike, but computing the keys of
+    ``into`` as a save does costs ~2 us a tensor, most of loading 50,000 in place.
+    The spec is the file's: anything unexpected in it is left unpaired here, for
+    the decoder to report.
+    """
+    out: dict[str, torch.Tensor] = {}
+    stack = [(spec, into)]
+    while stack:
+        node, live = stack.pop()
+        kind = type(node)
+        if kind is list:
+            if type(live) in _SEQUENCES:
+                stack.extend(zip(node, live))
+        elif kind is dict:
+            inner = node.get("dict", node.get("odict", node.get("tuple")))
+            if type(inner) is not list:
+                key = node.get("tensor", node.get("parameter"))
+                if type(key) is str and isinstance(live, torch.Tensor):
+                    out.setdefault(key, live)
+            elif "tuple" in node:
+                if type(live) in _SEQUENCES:
+                    stack.extend(zip(inner, live))
+            elif isinstance(live, dict):
+                _pair_items(inner, live, out, stack)
+    paired = {id(t) for t in out.values()}
+    if len(paired) != len(out) or paired != _tensor_ids(into):
+        return None
+    return out
+
+
+def _pair_items(items: list[Any], live: dict[Any, Any], out: dict[str, torch.Tensor],
+                stack: list[tuple[Any, Any]]) -> None:
+    """The saved dict items ``items`` beside ``live``: tensors paired at once (a state
+    dict's), containers pushed on ``stack``."""
+    get = live.get
+    for pair in items:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) not in _KEYS:
+            continue
+        k, v = pair
+        if type(v) is dict and len(v) == 1:
+            key = v.get("tensor")
+            if type(key) is str:
+                t = get(k)
+                if isinstance(t, torch.Tensor):
+                    out.setdefault(key, t)
+                continue
+        stack.append((v, get(k)))
+
+
+_SEQUENCES = (list, tuple)
+_KEYS = (str, int)
+
+
+def _tensor_ids(into: Any) -> set[int] | None:
+    """The ids of the tensors in ``into`` (``None`` for a structure deeper than a save
+    takes, a cycle included)."""
+    ids: set[int] = set()
+    stack = [(into, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, torch.Tensor):
+            ids.add(id(value))
+        elif isinstance(value, (dict, list, tuple)):
+            if depth > MAX_DEPTH:
+                return None
+            for v in value.values() if isinstance(value, dict) else value:
+                if type(v) in _PLAIN_TENSORS:  # the common case, not pushed
+                    ids.add(id(v))
+                else:
+                    stack.append((v, depth + 1))
+    return ids
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _destinations(into: Any) -> dict[str, torch.Tensor]:
