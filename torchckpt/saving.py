@@ -149,11 +149,13 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
     strings: list[tuple[str, str]] = []
     value_suffix = format_key("", VARIABLE_VALUE_KEY)
     objects = walk.objects
+    full_names: dict[int, str] = {}  # a value's TF full name: its first path, joined
     for i, adapter in enumerate(adapters):
         if adapter is None and not objects[i].is_meta:
             # TensorAdapter.values() inline, for most nodes of a model
             key = object_paths[i] + value_suffix
-            attributes[i] = ((VARIABLE_VALUE_KEY, key, "/".join(paths[i])),)
+            full_names[i] = full_name = "/".join(paths[i])
+            attributes[i] = ((VARIABLE_VALUE_KEY, key, full_name),)
             tensors.append((key, objects[i]))
             continue
         values = leaf_adapter(adapter, objects[i]).values()
@@ -172,22 +174,31 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
             else:
                 tensors.append((key, value))
         attributes[i] = records
-    children = walk.edges
+    children: list[Sequence[tuple[int, str]]] = walk.edges  # type: ignore[assignment]
     for i, adapter in enumerate(adapters):
         if adapter is None or type(adapter) is TensorAdapter:
             continue
         refs = []
+        # the parts of a slot's key and full name that depend on the slot name only
+        key_ends: dict[str, str] = {}
+        name_ends: dict[str, str] = {}
         for variable, slot_name, tensor in adapter.slot_variables():
             var_id = walk.ids.get(identity(variable))
             if var_id is None:
                 raise UntrackableError(
                     f"{readable_path(paths[i])} holds state for a parameter that no other "
                     "checkpointed object reaches; add the model to the Checkpoint too")
-            key = slot_path(object_paths[var_id], object_paths[i], slot_name) + value_suffix
-            full_name = "/".join(paths[var_id] + (OPTIMIZER_SLOT_NAME,) + paths[i]
-                                 + (slot_name,))
-            children.append([])
-            attributes.append(((VARIABLE_VALUE_KEY, key, full_name),))
+            end = key_ends.get(slot_name)
+            if end is None:  # slot_path(variable path, object_paths[i], slot_name)
+                end = key_ends[slot_name] = slot_path("", object_paths[i], slot_name) \
+                    + value_suffix
+                name_ends[slot_name] = "/" + "/".join((OPTIMIZER_SLOT_NAME, *paths[i], slot_name))
+            full = full_names.get(var_id)
+            if full is None:
+                full = full_names[var_id] = "/".join(paths[var_id])
+            key = object_paths[var_id] + end
+            children.append(())
+            attributes.append(((VARIABLE_VALUE_KEY, key, full + name_ends[slot_name]),))
             slots.append(())
             tensors.append((key, tensor))
             refs.append((var_id, slot_name, len(children) - 1))

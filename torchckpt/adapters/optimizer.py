@@ -142,31 +142,33 @@ class OptimizerAdapter(Adapter):
     def slot_targets(self, variables: Sequence[Any], slot_names: Sequence[str],
                      dtypes: Sequence[torch.dtype | None],
                      shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets:
-        """Per slot, the existing state tensor when it has the saved floating dtype and
-        shape (and the shape the slot must have): what :meth:`restore_slot` copies into.
-        0-d slots (``step``) are checked finite and >= 0 once read (``land``); a value
+        """Per slot, the existing state tensor when the saved value is floating and has the
+        shape the slot must have: what :meth:`restore_slot` copies into when the tensor
+        has the saved dtype and shape, which the restore checks before it reads. 0-d
+        slots (``step``) are checked finite and >= 0 once read (``land``); a value
         refused is replaced by the one the slot had before, so it never stays.
 
         Why one call: a restore of Adam's state for 12,500 parameters asks for 37,500
-        slots; each parameter's state is looked up once, and the 0-d slots are checked
-        together (:class:`_ScalarSlots`)."""
+        slots; each parameter's state and shape are looked up once, and the 0-d slots
+        are checked together (:class:`_ScalarSlots`)."""
         states = self.obj.state
         tensors: list[torch.Tensor | None] = []
         scalars = _ScalarSlots()
         last: Any = _NOTHING
         state: dict[str, Any] | None = None
+        variable_shape: tuple[int, ...] = ()
         for i, (variable, name, dtype, shape) in enumerate(zip(variables, slot_names, dtypes,
                                                                 shapes)):
             if variable is not last:
                 last, state = variable, states.get(variable)
+                variable_shape = tuple(variable.shape)
             existing = state.get(name) if state is not None else None
-            if dtype is None or not isinstance(existing, torch.Tensor) \
-                    or existing.dtype != dtype or not dtype.is_floating_point \
-                    or existing.shape != shape or existing.is_meta:
+            if dtype is None or not dtype.is_floating_point \
+                    or not isinstance(existing, torch.Tensor):
                 tensors.append(None)
             elif name in _SCALAR_SLOTS:  # the shape the slot must have (_slot_shape): 0-d
                 tensors.append(scalars.add(i, name, existing) if shape == () else None)
-            elif name in _PARAM_SHAPED_SLOTS and variable.shape != shape:  # or a parameter's
+            elif name in _PARAM_SHAPED_SLOTS and variable_shape != shape:  # or a parameter's
                 tensors.append(None)
             else:
                 tensors.append(existing)

@@ -121,10 +121,13 @@ class Adapter:
                      dtypes: Sequence[torch.dtype | None],
                      shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets | None:
         """Where saved slots of ``dtypes`` and ``shapes`` (``None``: not a plain payload)
-        can be read in place, when :meth:`restore_slot` would accept each and do no
-        more than copy it there. One call for all the slots of a pass, so that a
-        restore reads many slots in one batch; ``None``, or a ``None`` in
-        :attr:`SlotTargets.tensors`, leaves a slot to :meth:`restore_slot`."""
+        can be read in place: a tensor that takes the saved value when it has the saved
+        dtype and shape and is a plain host tensor (the restore checks these before it
+        reads), where :meth:`restore_slot` would then accept the value and do no more
+        than copy it there. One call for all the slots of a pass, so that a restore
+        reads many slots in one batch; ``None``, or a ``None`` in
+        :attr:`SlotTargets.tensors`, leaves a slot to :meth:`restore_slot`, as does a
+        tensor the restore cannot read into."""
         return None
 
 

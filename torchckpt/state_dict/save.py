@@ -68,6 +68,9 @@ def save_state_dict(obj: Any, prefix: str | os.PathLike[str], *, sync: bool = Tr
     return prefix
 
 
+_STRIDED = torch.strided
+
+
 def _write(prefix: str, encoder: _Encoder, text: str, *, sync: bool) -> None:
     writer = BundleWriter(prefix, data_alignment=_ALIGNMENT, sync=sync)
     try:
@@ -117,7 +120,7 @@ class _Encoder:
         if depth > MAX_DEPTH:
             raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
         pairs: list[list[Any]] = []
-        append, tensor, encode = pairs.append, self._tensor, self.encode
+        append, tensor, encode, nodes = pairs.append, self._tensor, self.encode, self.nodes
         for k, v in value.items():
             tk = type(k)
             if tk is not str and tk is not int:
@@ -129,6 +132,16 @@ class _Encoder:
                 continue
             name = escape_local_name(k if tk is str else str(k))
             child = name if path is None else f"{path}/{name}"
+            if tv is torch.Tensor:  # a state dict's tensors: _tensor's checks, in one line
+                node = nodes.get(id(v))
+                if node is None and v.layout is _STRIDED and v.dtype in self.dtypes:
+                    key = child + _KEY_SUFFIX
+                    if key not in self.tensors:
+                        self.tensors[key] = v
+                        node = nodes[id(v)] = {"tensor": key}
+                if node is not None:
+                    append([k, node])
+                    continue
             try:
                 append([k, tensor(v, child) if tv is torch.Tensor
                         else encode(v, child, depth + 1)])
