@@ -315,6 +315,28 @@ def test_gc_frozen_blocks_nest_in_a_thread_and_across_threads() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_gc_freeze_new_freezes_what_a_block_made_and_nothing_outside_one() -> None:
+    made = [[i] for i in range(1000)]  # tracked objects made before any block
+    _io.gc_freeze_new()
+    assert gc.get_freeze_count() == 0  # outside a block: nothing
+    with _io.gc_frozen():
+        before = gc.get_freeze_count()
+        made += [[i] for i in range(1000)]  # made inside the block
+        _io.gc_freeze_new()
+        assert gc.get_freeze_count() >= before + 1000
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # the block's end puts them all back
+    gc.freeze()  # the program's own frozen generation is left alone
+    try:
+        frozen = gc.get_freeze_count()
+        with _io.gc_frozen():
+            made += [[i] for i in range(1000)]
+            _io.gc_freeze_new()
+            assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 class _Node:
     def __init__(self, payload: object) -> None:
         self.payload = payload

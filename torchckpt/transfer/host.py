@@ -81,7 +81,7 @@ def _host_addresses(run: Iterable[tuple[str, torch.Tensor]], held: list[torch.Te
             t = host_tensor(t)
             held.append(t)
         dtype = dtypes.get(t.dtype)
-        yield key, t.data_ptr(), t.numel() * t.element_size(), \
+        yield key, t.data_ptr(), t.nbytes, \
             dtype if dtype is not None else tf_dtype_of(t.dtype), t.shape
 
 
