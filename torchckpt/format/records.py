@@ -246,8 +246,15 @@ def _entry_head(dtype: int, shape: tuple[int, ...]) -> bytes:
     return head + _put_len(2, encode_shape(shape))
 
 
-def encode_entries(entries: Iterable[BundleEntry]) -> list[bytes]:
-    """``[e.encode() for e in entries]``, sharing what entries have in common.
+PlainRecord = tuple[int, tuple[int, ...], int, int, int, int]
+"""An unsliced entry's fields ``(dtype, shape, shard_id, offset, size, crc32c)`` as a tuple:
+what a writer keeps per tensor until its index is written (made ~10x faster than a
+:class:`BundleEntry`, and encoded the same)."""
+
+
+def encode_entries(entries: Iterable[BundleEntry | PlainRecord]) -> list[bytes]:
+    """``[e.encode() for e in entries]``, sharing what entries have in common; a
+    :data:`PlainRecord` is encoded as the entry of its fields.
 
     Why: a model's 50,000 tensors have a few hundred distinct dtype+shape heads
     and sizes, so those fields are encoded once each; per entry only the
@@ -258,19 +265,25 @@ def encode_entries(entries: Iterable[BundleEntry]) -> list[bytes]:
     pack = _FIXED32.pack
     out = []
     for e in entries:
-        key = (e.dtype, e.shape)
+        if isinstance(e, BundleEntry):
+            dtype, shape, shard, offset, size, crc, slices = (
+                e.dtype, e.shape, e.shard_id, e.offset, e.size, e.crc32c, e.slices)
+        else:
+            dtype, shape, shard, offset, size, crc = e
+            slices = ()
+        key = (dtype, shape)
         head = heads.get(key)
         if head is None:
-            head = heads[key] = _entry_head(e.dtype, e.shape)
-        size, offset = e.size, e.offset
-        if e.shard_id or e.slices or offset <= 0 or size <= 0 or not e.crc32c:
-            out.append(head + e._tail())
+            head = heads[key] = _entry_head(dtype, shape)
+        if shard or slices or offset <= 0 or size <= 0 or not crc:
+            entry = e if isinstance(e, BundleEntry) else BundleEntry(*e)
+            out.append(head + entry._tail())
             continue
         size_field = sizes.get(size)
         if size_field is None:
             size_field = sizes[size] = b"\x28" + put_varint(size & _U64)
         out.append(head + b"\x20" + put_varint(offset & _U64) + size_field + b"\x35"
-                   + pack(e.crc32c))
+                   + pack(crc))
     return out
 
 
