@@ -31,7 +31,6 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from .adapters import AdapterRegistry, default_registry
 from .adapters.module import ModuleAdapter
 from .adapters.registry import Adapter, Handle, SlotCheck
-from .adapters.tensors import TORCH_DTYPES
 from .adapters.values import TensorAdapter, holds_data, plain_tensor_types
 from .distributed.per_rank import PerRankAdapter, Placement
 from .errors import CorruptCheckpointError, UnsupportedFormatError
@@ -86,11 +85,11 @@ class RestoreSession:
         # payloads are then read in file order with few system calls (50k small tensors).
         self._reads: list[tuple[str, Any]] = []
         # (node, key, tensor) of plain host tensors bound in one pass of _drain, and per
-        # optimizer node the (slot, key) of its slots ready in it, checked against their
-        # entries together and queued as reads (_land_batched); then the checks of slot
-        # values (SlotTargets.land, the positions read, their keys), run after the reads
+        # optimizer node its slots ready in it, checked against their entries together
+        # and queued as reads (_land_batched); then the checks of slot values
+        # (SlotTargets.land, the positions read, their keys), run after the reads
         self._leaves: list[tuple[int, str, torch.Tensor]] = []
-        self._slots: dict[int, list[tuple[SlotRef, str]]] = {}
+        self._slots: dict[int, list[SlotRef]] = {}
         self._checks: list[tuple[SlotCheck, list[int], list[str]]] = []
         self._in_place = InPlaceReads(reader)  # reads of entries located in _land_batched
 
@@ -118,7 +117,7 @@ class RestoreSession:
                 raise CorruptCheckpointError(reader.index_path, "object graph is not a scalar "
                                              "string", key=OBJECT_GRAPH_PROTO_KEY)
             data = reader.read_array(OBJECT_GRAPH_PROTO_KEY).item()
-            graph = ObjectGraph.from_bytes(data, path=reader.index_path)
+            graph = ObjectGraph.from_bytes(data, path=reader.index_path, full_names=False)
             gc_freeze_new()  # kept to the end of the restore: not scanned again (_io.py)
         except BaseException:
             reader.close()
@@ -247,7 +246,7 @@ class RestoreSession:
         are ready now (:meth:`_restore_ready_slots`, without a round trip through the
         waiting lists), the others wait for their variable."""
         waiting, pending, bound = self._slot_waiting, self.pending_slots, self.bound
-        leaf_keys, queued = self._leaf_keys, self._slots.setdefault(opt_id, [])
+        queued = self._slots.setdefault(opt_id, [])
         ready: dict[int, bool] = {}  # variable node -> ready (asked once per variable)
         late: list[int] = []  # ready variables that already had slots waiting
         for slot in refs:
@@ -258,11 +257,7 @@ class RestoreSession:
                 if now and var_id in waiting:
                     late.append(var_id)
             if now and var_id not in waiting:
-                key = leaf_keys[slot.slot_variable_node_id]
-                if key is not None:  # _queue_slot's usual case
-                    queued.append((slot, key))
-                else:
-                    self._queue_slot(opt_id, slot)
+                queued.append(slot)  # _queue_slot
             else:
                 pending[slot.slot_variable_node_id] = var_id
                 waiting.setdefault(var_id, []).append((opt_id, slot))
@@ -271,14 +266,7 @@ class RestoreSession:
 
     def _queue_slot(self, opt_id: int, slot: SlotRef) -> None:
         """A ready slot: read with the others of this pass (:meth:`_land_batched`)."""
-        key = self._leaf_keys[slot.slot_variable_node_id]
-        if key is None:
-            slot_node = self.graph.nodes[slot.slot_variable_node_id]
-            if not slot_node.attributes:
-                self.pending_slots.pop(slot.slot_variable_node_id, None)
-                return
-            key = slot_node.attributes[0].checkpoint_key
-        self._slots.setdefault(opt_id, []).append((slot, key))
+        self._slots.setdefault(opt_id, []).append(slot)
 
     def _apply_values(self, node_id: int, adapter: Adapter, node: GraphNode) -> None:
         """Hand a node's saved values to its adapter. Values no torch object can take (a
@@ -300,8 +288,9 @@ class RestoreSession:
             return
         reader = self._open_reader()
         keys = [key for _, key, _ in leaves]
-        for queued in slots.values():
-            keys += [key for _, key in queued]
+        slot_keys = {opt_id: self._slot_keys(queued) for opt_id, queued in slots.items()}
+        for _, queued_keys in slot_keys.values():
+            keys += queued_keys
         locations = reader.payload_locations(keys, checksums=False) \
             if reader.header.endianness == ENDIAN_LITTLE else [None] * len(keys)
         missed = self._in_place.add_many(keys[:len(leaves)], [tensor for *_, tensor in leaves],
@@ -312,22 +301,39 @@ class RestoreSession:
             node_id = leaves[i][0]
             self._apply_values(node_id, self._adapter_of(node_id), self.graph.nodes[node_id])
         at = len(leaves)
-        for opt_id, queued in slots.items():
-            self._land_slots(opt_id, queued, locations[at:at + len(queued)])
+        for opt_id, (queued, queued_keys) in slot_keys.items():
+            self._land_slots(opt_id, queued, queued_keys, locations[at:at + len(queued)])
             at += len(queued)
 
-    def _land_slots(self, opt_id: int, queued: list[tuple[SlotRef, str]],
+    def _slot_keys(self, queued: list[SlotRef]) -> tuple[list[SlotRef], list[str]]:
+        """The ready slots that hold a value, and the key of each (the slot node's first
+        attribute; a slot node without one has nothing to restore and waits no more)."""
+        leaf_keys = self._leaf_keys
+        keys = [leaf_keys[slot.slot_variable_node_id] for slot in queued]
+        if None not in keys:  # the usual case: every slot node a plain leaf
+            return queued, keys  # type: ignore[return-value]
+        kept: list[SlotRef] = []
+        kept_keys: list[str] = []
+        for slot, key in zip(queued, keys):
+            if key is None:
+                attributes = self.graph.nodes[slot.slot_variable_node_id].attributes
+                if not attributes:
+                    self.pending_slots.pop(slot.slot_variable_node_id, None)
+                    continue
+                key = attributes[0].checkpoint_key
+            kept.append(slot)
+            kept_keys.append(key)
+        return kept, kept_keys
+
+    def _land_slots(self, opt_id: int, queued: list[SlotRef], keys: list[str],
                     locations: Sequence[PayloadLocation | None]) -> None:
         """Queue the reads of an optimizer's ready slots into the tensors its adapter names
         (:meth:`Adapter.slot_targets`); the others take :meth:`_restore_slot`."""
-        bound, dtype_of = self.bound, TORCH_DTYPES.get
+        bound = self.bound
         targets = self._adapters[opt_id].slot_targets(
-            [bound[slot.original_variable_node_id] for slot, _ in queued],
-            [slot.slot_name for slot, _ in queued],
-            [dtype_of(loc.dtype) if loc is not None else None for loc in locations],
-            [loc.shape if loc is not None else None for loc in locations])
+            [bound[slot.original_variable_node_id] for slot in queued],
+            [slot.slot_name for slot in queued], locations)
         tensors = targets.tensors if targets is not None else [None] * len(queued)
-        keys = [key for _, key in queued]
         chosen: Sequence[int] = [i for i, t in enumerate(tensors) if t is not None]
         if len(chosen) < len(queued):
             missed = self._in_place.add_many([keys[i] for i in chosen],
@@ -341,14 +347,15 @@ class RestoreSession:
             read = [i for k, i in enumerate(chosen) if k not in skip]
         else:
             read = list(chosen)
-        pending, applied = self.pending_slots, self.applied
-        done = [queued[i][0].slot_variable_node_id for i in read]
-        applied.update(done)  # what _slot_done's callback does
-        for node_id in done:
-            pending.pop(node_id, None)
+        pending = self.pending_slots
+        done = [queued[i].slot_variable_node_id for i in read]
+        self.applied.update(done)  # what _slot_done's callback does
+        if pending:  # slots that waited for their variable
+            for node_id in done:
+                pending.pop(node_id, None)
         if len(read) < len(queued):
             taken = set(read)
-            for i, (slot, key) in enumerate(queued):
+            for i, (slot, key) in enumerate(zip(queued, keys)):
                 if i not in taken:
                     self._restore_slot(opt_id, slot.original_variable_node_id, slot, key)
         if targets is not None and targets.land is not None and read:
@@ -401,13 +408,9 @@ class RestoreSession:
         else:  # one pass, not one list.remove per slot
             ready = [w for w in waiting if w[0] in adapters]
             self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
-        leaf_keys, slots = self._leaf_keys, self._slots
+        slots = self._slots
         for opt_id, slot in ready:
-            key = leaf_keys[slot.slot_variable_node_id]
-            if key is not None:  # _queue_slot's usual case
-                slots.setdefault(opt_id, []).append((slot, key))
-            else:
-                self._queue_slot(opt_id, slot)
+            slots.setdefault(opt_id, []).append(slot)  # _queue_slot
 
     def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
         """A slot through its optimizer's adapter: checks, converts, reports."""

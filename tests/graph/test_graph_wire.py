@@ -129,6 +129,32 @@ def test_c_decoder_on_mutated_bytes_matches_protobuf(monkeypatch: pytest.MonkeyP
     assert 0 < left_to_protobuf < 1500
 
 
+def _without_full_names(nodes: list[GraphNode]) -> list[GraphNode]:
+    return [GraphNode(n.children, tuple(a._replace(full_name="") for a in n.attributes),
+                      n.slot_variables, n.has_checkpoint_values, n.registered_saver)
+            for n in nodes]
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_a_graph_decoded_without_full_names_is_the_graph_with_empty_ones(
+        monkeypatch: pytest.MonkeyPatch, use_native: bool) -> None:
+    """What a restore decodes: every node, record and name the same (the C decoder's
+    shared short names included), only the attributes' full names left empty."""
+    rng = random.Random(6)
+    if not use_native:
+        monkeypatch.setenv("TORCHCKPT_NO_NATIVE", "1")
+    for _ in range(300):
+        graph = random_graph(rng)
+        n = len(graph.nodes)  # every reference in range: a graph that decodes
+        data = ObjectGraph([GraphNode(
+            [ChildRef(c.node_id % n, c.local_name) for c in node.children], node.attributes,
+            [SlotRef(s.original_variable_node_id % n, s.slot_name, s.slot_variable_node_id % n)
+             for s in node.slot_variables], node.has_checkpoint_values)
+            for node in graph.nodes]).to_bytes()
+        full = ObjectGraph.from_bytes(data).nodes
+        assert ObjectGraph.from_bytes(data, full_names=False).nodes == _without_full_names(full)
+
+
 @needs_native
 def test_c_decoder_leaves_invalid_utf8_to_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
     data = ObjectGraph([GraphNode([ChildRef(0, "ab")])]).to_bytes().replace(b"ab", b"a\xff")

@@ -26,12 +26,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import CorruptCheckpointError, InvalidValueError, MismatchError
+from ..format._fast_entries import PayloadLocation
 from ..graph.keys import PY_STATE_KEY
 from .owners import OPTIMIZER_STATE, check_lbfgs_history, check_optimizer_group
 from .registry import Adapter, SlotCheck, SlotTargets, ValueSource
 from .schema import as_real, check_state
 from .stateful import TENSOR_ATTRIBUTE, encode_state, read_state
-from .tensors import torch_dtype_or_name
+from .tensors import TF_DTYPES, torch_dtype_or_name
 
 _STEP_SLOTS = ("step",)
 # Slots torch's optimizers keep, by shape: a 0-d float (checked finite and >= 0), or
@@ -44,6 +45,8 @@ _PARAM_SHAPED_SLOTS = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "mom
 
 
 _NOTHING = object()
+# the TF dtypes of torch's floating dtypes: what a slot restore_slot accepts may hold
+_FLOATING_TF = frozenset(int(tf) for dt, tf in TF_DTYPES.items() if dt.is_floating_point)
 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -140,8 +143,7 @@ class OptimizerAdapter(Adapter):
         done()
 
     def slot_targets(self, variables: Sequence[Any], slot_names: Sequence[str],
-                     dtypes: Sequence[torch.dtype | None],
-                     shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets:
+                     locations: Sequence[PayloadLocation | None]) -> SlotTargets:
         """Per slot, the existing state tensor when the saved value is floating and has the
         shape the slot must have: what :meth:`restore_slot` copies into when the tensor
         has the saved dtype and shape, which the restore checks before it reads. 0-d
@@ -151,24 +153,22 @@ class OptimizerAdapter(Adapter):
         Why one call: a restore of Adam's state for 12,500 parameters asks for 37,500
         slots; each parameter's state and shape are looked up once, and the 0-d slots
         are checked together (:class:`_ScalarSlots`)."""
-        states = self.obj.state
+        states, floating = self.obj.state, _FLOATING_TF
         tensors: list[torch.Tensor | None] = []
         scalars = _ScalarSlots()
         last: Any = _NOTHING
         state: dict[str, Any] | None = None
         variable_shape: tuple[int, ...] = ()
-        for i, (variable, name, dtype, shape) in enumerate(zip(variables, slot_names, dtypes,
-                                                                shapes)):
+        for i, (variable, name, loc) in enumerate(zip(variables, slot_names, locations)):
             if variable is not last:
                 last, state = variable, states.get(variable)
                 variable_shape = tuple(variable.shape)
             existing = state.get(name) if state is not None else None
-            if dtype is None or not dtype.is_floating_point \
-                    or not isinstance(existing, torch.Tensor):
+            if loc is None or loc.dtype not in floating or not isinstance(existing, torch.Tensor):
                 tensors.append(None)
             elif name in _SCALAR_SLOTS:  # the shape the slot must have (_slot_shape): 0-d
-                tensors.append(scalars.add(i, name, existing) if shape == () else None)
-            elif name in _PARAM_SHAPED_SLOTS and variable_shape != shape:  # or a parameter's
+                tensors.append(scalars.add(i, name, existing) if loc.shape == () else None)
+            elif name in _PARAM_SHAPED_SLOTS and variable_shape != loc.shape:  # or a parameter's
                 tensors.append(None)
             else:
                 tensors.append(existing)

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checka
 import torch
 
 from ..errors import InvalidValueError, UntrackableError
+from ..format._fast_entries import PayloadLocation
 
 
 @runtime_checkable
@@ -118,14 +119,13 @@ class Adapter:
         raise UntrackableError(f"{type(self.obj).__name__} has no slot variables")
 
     def slot_targets(self, variables: Sequence[Any], slot_names: Sequence[str],
-                     dtypes: Sequence[torch.dtype | None],
-                     shapes: Sequence[tuple[int, ...] | None]) -> SlotTargets | None:
-        """Where saved slots of ``dtypes`` and ``shapes`` (``None``: not a plain payload)
-        can be read in place: a tensor that takes the saved value when it has the saved
-        dtype and shape and is a plain host tensor (the restore checks these before it
-        reads), where :meth:`restore_slot` would then accept the value and do no more
-        than copy it there. One call for all the slots of a pass, so that a restore
-        reads many slots in one batch; ``None``, or a ``None`` in
+                     locations: Sequence[PayloadLocation | None]) -> SlotTargets | None:
+        """Where the saved slots at ``locations`` (their TF dtype and shape; ``None``: not
+        a plain payload) can be read in place: a tensor that takes the saved value when
+        it has the saved dtype and shape and is a plain host tensor (the restore checks
+        these before it reads), where :meth:`restore_slot` would then accept the value
+        and do no more than copy it there. One call for all the slots of a pass, so
+        that a restore reads many slots in one batch; ``None``, or a ``None`` in
         :attr:`SlotTargets.tensors`, leaves a slot to :meth:`restore_slot`, as does a
         tensor the restore cannot read into."""
         return None

@@ -9,10 +9,11 @@
  *
  * encode_graph(children, attributes, slots, flags) -> bytes
  *     The same bytes as wire.encode_graph (which equal protobuf's serializer).
- * decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef) -> list | None
+ * decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef, full_names=True) -> list | None
  *     The nodes, each a GraphNode made without its __init__ (its five fields
  *     set: children, attributes, slot_variables as tuples of the given tuple
- *     subclasses, has_checkpoint_values, registered_saver name), when every node id
+ *     subclasses, has_checkpoint_values, registered_saver name; attributes' full_name
+ *     "" unless full_names, and not checked), when every node id
  *     referred to is in range and there is a root (ObjectGraph._check's rules).
  *     Returns None for anything this decoder does not take exactly as protobuf
  *     would (malformed bytes, invalid UTF-8, wire-type mismatches, groups,
@@ -273,6 +274,41 @@ static int set_str(cursor *sub, PyObject **slot) {
     return 1;
 }
 
+/* Short ASCII strings met before in this decode, by a hash of their bytes: the names a
+ * graph repeats on every node ("VARIABLE_VALUE", "exp_avg", ...) are made once, not once
+ * per node (fewer objects, less fresh memory to fault in). */
+#define RECENT_SLOTS 64
+#define RECENT_MAX_LEN 32
+typedef struct {
+    PyObject *str[RECENT_SLOTS];
+    int full_names;  /* decode attributes' full_name (else ""): ObjectGraph's full_names */
+} decoder;
+
+/* set_str, through the decoder's recent strings. */
+static int set_str_recent(decoder *d, cursor *sub, PyObject **slot) {
+    Py_ssize_t n = sub->end - sub->p;
+    if (n == 0 || n > RECENT_MAX_LEN) return set_str(sub, slot);
+    unsigned h = (unsigned)n;
+    for (Py_ssize_t i = 0; i < n; i++) h = h * 31u + sub->p[i];
+    PyObject **hit = &d->str[h % RECENT_SLOTS];
+    PyObject *s = *hit;
+    if (s != NULL && PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_DATA(s), sub->p, n) == 0) {
+        Py_INCREF(s);
+        Py_XSETREF(*slot, s);
+        return 1;
+    }
+    int r = set_str(sub, slot);
+    if (r == 1 && PyUnicode_IS_ASCII(*slot)) {  /* then its data are the bytes compared above */
+        Py_INCREF(*slot);
+        Py_XSETREF(*hit, *slot);
+    }
+    return r;
+}
+
+static void decoder_clear(decoder *d) {
+    for (int i = 0; i < RECENT_SLOTS; i++) Py_CLEAR(d->str[i]);
+}
+
 /* A tuple subclass instance (a named tuple) holding the items of tuple `t` (stolen),
  * made as tuple.__new__(type, t) makes it, without a named tuple's Python __new__. */
 static PyObject *as_record(PyTypeObject *type, PyObject *t) {
@@ -305,7 +341,8 @@ static PyObject *as_record(PyTypeObject *type, PyObject *t) {
 /* Decode one record message into a new tuple of `type` (2 or 3 items). Field layout:
  * ints[k] is the field number of an int32 item k, strs[k] of a string item k (0: none). */
 static int decode_record(cursor *c, PyTypeObject *type, int nitems, const int *ints,
-                         const int *strs, id_range *ids, PyObject **out) {
+                         const int *strs, int skipped, decoder *d, id_range *ids,
+                         PyObject **out) {
     PyObject *items[3] = {NULL, NULL, NULL};
     int32_t ivals[3] = {0, 0, 0};
     int rc = FAIL_SOFT;
@@ -324,7 +361,8 @@ static int decode_record(cursor *c, PyTypeObject *type, int nitems, const int *i
             if (strs[k] && (uint64_t)strs[k] == field) {
                 cursor sub;
                 if (wt != 2 || get_sub(c, &sub) < 0) goto fail;
-                int r = set_str(&sub, &items[k]);
+                if (strs[k] == skipped) { known = 1; break; }  /* left "" */
+                int r = set_str_recent(d, &sub, &items[k]);
                 if (r <= 0) { rc = r == 0 ? FAIL_SOFT : FAIL_HARD; goto fail; }
                 known = 1;
                 break;
@@ -357,14 +395,16 @@ static const int CHILD_INTS[2] = {1, 0}, CHILD_STRS[2] = {0, 2};
 /* Attribute(name=1, checkpoint_key=3, full_name=2) */
 static const int ATTR_INTS[3] = {0, 0, 0}, ATTR_STRS[3] = {1, 3, 2};
 static const int SLOT_INTS[3] = {1, 0, 3}, SLOT_STRS[3] = {0, 2, 0};
+#define ATTR_FULL_NAME 2  /* Attribute.full_name's field number */
 
 /* Append a decoded record to *list (created on first use). */
 static int add_record(cursor *c, PyTypeObject *type, int nitems, const int *ints,
-                      const int *strs, id_range *ids, PyObject **list) {
+                      const int *strs, int skipped, decoder *d, id_range *ids,
+                      PyObject **list) {
     cursor sub;
     PyObject *rec = NULL;
     if (get_sub(c, &sub) < 0) return FAIL_SOFT;
-    int r = decode_record(&sub, type, nitems, ints, strs, ids, &rec);
+    int r = decode_record(&sub, type, nitems, ints, strs, skipped, d, ids, &rec);
     if (r <= 0) return r;
     if (*list == NULL && (*list = PyList_New(0)) == NULL) { Py_DECREF(rec); return FAIL_HARD; }
     int e = PyList_Append(*list, rec);
@@ -407,7 +447,7 @@ static PyObject *node_fields[5];
 
 /* One TrackableObject -> a new `node_type` object with the node_fields set, or a soft fail. */
 static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_type,
-                       id_range *ids, PyObject **out) {
+                       decoder *d, id_range *ids, PyObject **out) {
     PyObject *lists[3] = {NULL, NULL, NULL};
     PyObject *saver = NULL;
     int flag = -1, r = FAIL_SOFT;
@@ -418,9 +458,13 @@ static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_typ
         if (get_tag(c, &field, &wt) < 0) goto fail;
         if (field >= 1 && field <= 5 && wt != 2) goto fail;
         switch (field) {
-        case 1: r = add_record(c, types[0], 2, CHILD_INTS, CHILD_STRS, ids, &lists[0]); break;
-        case 2: r = add_record(c, types[1], 3, ATTR_INTS, ATTR_STRS, ids, &lists[1]); break;
-        case 3: r = add_record(c, types[2], 3, SLOT_INTS, SLOT_STRS, ids, &lists[2]); break;
+        case 1: r = add_record(c, types[0], 2, CHILD_INTS, CHILD_STRS, 0, d, ids, &lists[0]);
+                break;
+        case 2: r = add_record(c, types[1], 3, ATTR_INTS, ATTR_STRS,
+                               d->full_names ? 0 : ATTR_FULL_NAME, d, ids, &lists[1]);
+                break;
+        case 3: r = add_record(c, types[2], 3, SLOT_INTS, SLOT_STRS, 0, d, ids, &lists[2]);
+                break;
         case 4: r = decode_small(c, 1, &saver, &flag); break;
         case 5: if (flag < 0) flag = 0;  /* present: false unless its value says true */
                 r = decode_small(c, 0, NULL, &flag); break;
@@ -456,7 +500,9 @@ static PyObject *decode_graph(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
     PyObject *t0, *t1, *t2, *tn;
-    if (!PyArg_ParseTuple(args, "y*OOOO:decode_graph", &view, &tn, &t0, &t1, &t2)) return NULL;
+    int full_names = 1;
+    if (!PyArg_ParseTuple(args, "y*OOOO|p:decode_graph", &view, &tn, &t0, &t1, &t2, &full_names))
+        return NULL;
     PyTypeObject *types[3] = {(PyTypeObject *)t0, (PyTypeObject *)t1, (PyTypeObject *)t2};
     for (int k = 0; k < 3; k++) {
         if (!PyType_Check(types[k]) || !PyType_IsSubtype(types[k], &PyTuple_Type)) {
@@ -481,6 +527,9 @@ static PyObject *decode_graph(PyObject *self, PyObject *args) {
     PyObject *nodes = PyList_New(0);
     int r = nodes == NULL ? FAIL_HARD : 1;
     id_range ids = {0, 0};
+    decoder d;
+    memset(&d, 0, sizeof d);
+    d.full_names = full_names;
     while (r > 0 && c.p < c.end) {
         uint64_t field;
         int wt;
@@ -489,13 +538,14 @@ static PyObject *decode_graph(PyObject *self, PyObject *args) {
         if (field != 1) { r = skip(&c, wt) < 0 ? FAIL_SOFT : 1; continue; }
         if (wt != 2 || get_sub(&c, &sub) < 0) { r = FAIL_SOFT; break; }
         PyObject *node = NULL;
-        r = decode_node(&sub, types, node_type, &ids, &node);
+        r = decode_node(&sub, types, node_type, &d, &ids, &node);
         if (r > 0) {
             if (PyList_Append(nodes, node) < 0) r = FAIL_HARD;
             Py_DECREF(node);
         }
     }
     PyBuffer_Release(&view);
+    decoder_clear(&d);
 #ifndef Py_GIL_DISABLED
     if (gc_was_enabled) PyGC_Enable();
 #endif
@@ -514,7 +564,8 @@ static PyMethodDef methods[] = {
     {"encode_graph", encode_graph, METH_VARARGS,
      "encode_graph(children, attributes, slots, flags) -> bytes (see torchckpt.graph.wire)"},
     {"decode_graph", decode_graph, METH_VARARGS,
-     "decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef) -> list of nodes, or None"},
+     "decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef, full_names=True) -> list of "
+     "nodes, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -101,13 +101,18 @@ class ObjectGraph:
                                  [n.has_checkpoint_values for n in nodes])
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, path: str = "<object graph>") -> "ObjectGraph":
+    def from_bytes(cls, data: bytes, *, path: str = "<object graph>",
+                   full_names: bool = True) -> "ObjectGraph":
         """Decode and check the graph (every node id in range, a root exists).
+
+        ``full_names=False`` leaves every attribute's ``full_name`` empty, for readers
+        that never use it (a restore): a model's graph holds one per tensor.
 
         Raises:
             CorruptCheckpointError: undecodable bytes or dangling references.
         """
-        decoded = wire.decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef)
+        decoded = wire.decode_graph(data, GraphNode, ChildRef, Attribute, SlotRef,
+                                    full_names=full_names)
         if decoded is not None:  # checked as _check checks
             return cls(decoded)
         msg = protos.TrackableObjectGraph()
@@ -120,7 +125,8 @@ class ObjectGraph:
         for n in msg.nodes:
             nodes.append(GraphNode(
                 tuple([ChildRef(c.node_id, c.local_name) for c in n.children]),
-                tuple([Attribute(a.name, a.checkpoint_key, a.full_name) for a in n.attributes]),
+                tuple([Attribute(a.name, a.checkpoint_key, a.full_name if full_names else "")
+                       for a in n.attributes]),
                 tuple([SlotRef(s.original_variable_node_id, s.slot_name, s.slot_variable_node_id)
                        for s in n.slot_variables]),
                 n.has_checkpoint_values.value if n.HasField("has_checkpoint_values") else None,

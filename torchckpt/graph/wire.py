@@ -114,16 +114,17 @@ def encode_graph_python(children: Sequence[Sequence[tuple[int, str]]],
 
 
 def decode_graph(data: bytes, node_type: type, child_type: type, attribute_type: type,
-                 slot_type: type) -> list[Any] | None:
+                 slot_type: type, *, full_names: bool = True) -> list[Any] | None:
     """The nodes of a serialized graph, decoded by the C codec: ``node_type`` objects
     made without ``__init__``, their ``children``, ``attributes`` and ``slot_variables``
     tuples of the given record types, ``has_checkpoint_values`` and
-    ``registered_saver`` (a name) set. ``None`` where the codec is not built, or
-    leaves the bytes to protobuf (anything malformed or unusual, which protobuf
-    then decodes or reports, and graphs that refer to a node that does not exist,
-    which :meth:`ObjectGraph.from_bytes` reports)."""
+    ``registered_saver`` (a name) set; attributes' ``full_name`` is ``""`` unless
+    ``full_names`` (and then not decoded at all). ``None`` where the codec is not
+    built, or leaves the bytes to protobuf (anything malformed or unusual, which
+    protobuf then decodes or reports, and graphs that refer to a node that does not
+    exist, which :meth:`ObjectGraph.from_bytes` reports)."""
     native = accelerator()
     if native is None:
         return None
     return native.decode_graph(data, node_type, child_type, attribute_type,  # type: ignore[no-any-return]
-                               slot_type)
+                               slot_type, full_names)
