@@ -142,7 +142,7 @@ class RestoreSession:
         self._leaf_nodes.add(node_id)
         self._leaves.append((node_id, key, tensor))
         if node_id in self._slot_waiting:
-            self._queue_waiting_slots(node_id)
+            self._restore_ready_slots(node_id)
 
     def _visited(self, node_id: int) -> bool:
         return node_id in self._adapters or node_id in self._leaf_nodes

@@ -121,3 +121,9 @@ def test_a_tensor_shared_in_into_where_the_saved_ones_were_not_gets_the_first_va
     out = torchckpt.load_state_dict(prefix, into={"a": shared, "b": shared})
     assert out["a"] is shared and torch.equal(shared, torch.ones(2))
     assert out["b"] is not shared and torch.equal(out["b"], torch.full((2,), 2.0))
+
+
+def test_a_value_a_save_refuses_in_into_is_named(tmp_path) -> None:
+    prefix = torchckpt.save_state_dict({"a": torch.ones(2)}, str(tmp_path / "sd"))
+    with pytest.raises(ValueError, match=r"into\['extra'\].*cannot be saved"):
+        torchckpt.load_state_dict(prefix, into={"a": torch.zeros(2), "extra": object()})

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import mmap
+import operator
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -331,7 +332,7 @@ def copy_to_addresses(fd: int, mapped: mmap.mmap | None, offsets: Sequence[int],
     if n == 0:
         return -1
     native = accelerator()
-    source = _copy_source(fd, mapped, max(o + s for o, s in zip(offsets, sizes)))
+    source = _copy_source(fd, mapped, max(map(operator.add, offsets, sizes)))
     if native is None or source is None:
         raise RuntimeError("copy_to_addresses needs the C accelerator and a mapped file")
     window = RELEASE_CHUNKS * CHUNK_BYTES

@@ -283,7 +283,7 @@ class BundleWriter:
         f = self._file(shard)
         entries = self._entries
         batch: dict[bytes, tuple[tuple[int, tuple[int, ...], int], int, int]] = {}  # pending
-        heads: dict[tuple[int, Sequence[int]], tuple[int, tuple[int, ...], int]] = {}
+        heads: dict[tuple[int, tuple[int, ...]], tuple[int, tuple[int, ...], int]] = {}
         held = 0
         with gc_frozen():
             for key, address, n, dtype, shape in items:
@@ -291,9 +291,10 @@ class BundleWriter:
                 if not k or k in entries or k in batch:
                     self._claim(k)  # raises
                     raise ValueError(f"duplicate checkpoint key {k!r}")
-                head = heads.get((dtype, shape))  # (dtype, shape, nbytes), checked once
+                known = (dtype, shape if isinstance(shape, tuple) else tuple(shape))
+                head = heads.get(known)  # (dtype, shape, nbytes), checked once per pair
                 if head is None:
-                    head = heads[(dtype, shape)] = _plain_head(dtype, shape)
+                    head = heads[known] = _plain_head(dtype, shape)
                 if n != head[2]:
                     raise ValueError(f"{k!r}: {n} bytes for shape {head[1]} of "
                                      f"{_FIXED[head[0]][2]}")

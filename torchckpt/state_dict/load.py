@@ -138,8 +138,9 @@ _KEYS = (str, int)
 
 
 def _tensor_ids(into: Any) -> set[int] | None:
-    """The ids of the tensors in ``into`` (``None`` for a structure deeper than a save
-    takes, a cycle included)."""
+    """The ids of the tensors in ``into``; ``None`` where a save would refuse ``into``
+    (a structure deeper than a save takes, a cycle included, or a value of another
+    type), for :func:`_destinations` to name the culprit."""
     ids: set[int] = set()
     stack = [(into, 0)]
     while stack:
@@ -154,7 +155,12 @@ def _tensor_ids(into: Any) -> set[int] | None:
                     ids.add(id(v))
                 else:
                     stack.append((v, depth + 1))
+        elif value is not None and type(value) not in _SCALARS:
+            return None
     return ids
+
+
+_SCALARS = (bool, int, float, str)
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
