@@ -14,8 +14,6 @@ time below), so every comparison runs the Python side both ways.
 from __future__ import annotations
 
 import gc
-import importlib
-import os
 import random
 import sys
 from types import ModuleType
@@ -33,15 +31,6 @@ from torchckpt.format.records import BundleEntry, Extent, TensorSlice, encode_sh
 from torchckpt.format.table import iter_table
 
 INT63 = 1 << 63
-
-
-@pytest.fixture
-def native() -> ModuleType:
-    """The extension; the test is skipped where the install could not compile it, except
-    under ``scripts/test.sh`` (TORCHCKPT_REQUIRE_NATIVE), where a missing build fails."""
-    if os.environ.get("TORCHCKPT_REQUIRE_NATIVE"):
-        return importlib.import_module("torchckpt.format._entries_native")
-    return pytest.importorskip("torchckpt.format._entries_native")
 
 
 def c_payloads(native: ModuleType, raws: list) -> list[PayloadLocation | None]:

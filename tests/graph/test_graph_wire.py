@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from mutations import mutated
 from torchckpt.errors import CorruptCheckpointError
 from torchckpt.format import protos
 from torchckpt.graph import wire
@@ -108,20 +109,7 @@ def test_c_decoder_on_mutated_bytes_matches_protobuf(monkeypatch: pytest.MonkeyP
     rng = random.Random(3)
     left_to_protobuf = 0
     for _ in range(1500):
-        data = bytearray(random_graph(rng).to_bytes())
-        for _ in range(rng.randint(1, 4)):
-            if not data:
-                break
-            i, op = rng.randrange(len(data)), rng.random()
-            if op < 0.4:
-                data[i] = rng.randrange(256)
-            elif op < 0.6:
-                del data[i]
-            elif op < 0.8:
-                data.insert(i, rng.randrange(256))
-            else:
-                del data[i:]
-        raw = bytes(data)
+        raw = mutated(random_graph(rng).to_bytes(), rng)
         if wire.decode_graph(raw, GraphNode, ChildRef, Attribute, SlotRef) is None:
             left_to_protobuf += 1
         assert decoded(raw, monkeypatch, use_native=True) == \

@@ -1,4 +1,5 @@
-/* torchckpt.format._entries_native: where the payloads of plain bundle entries lie, in C.
+/* torchckpt.format._entries_native: where the payloads of plain bundle entries lie, and
+ * the entries of an index's data blocks, in C.
  *
  * Optional accelerator of torchckpt/format/_fast_entries.py: its plain_payloads uses
  * this module where it is built and TORCHCKPT_NO_NATIVE is unset, and its Python path
@@ -18,6 +19,12 @@
  *     location_type is a tuple subclass (a named tuple), made without calling it;
  *     shape is a tuple of ints. itemsizes[d] is the element size in bytes of
  *     fixed-width dtype d, 0 for the others (built from dtypes.FIXED_WIDTH).
+ *
+ * block_items(contents, previous, budget) -> (items, last key, budget left) | None
+ *     A table data block's (key, value) pairs as table.block_items gives them (keys
+ *     strictly increasing after `previous`, their bytes taken from `budget`), or None
+ *     for any block that function refuses: it then reads the block again and raises
+ *     the error (tests/format/test_block_items_native.py compares the two).
  *
  * A plain entry is exactly what the Python path accepts:
  *     08 dtype 12 L dims [18 shard_id] [20 offset] [28 size] [35 crc32c]
@@ -298,10 +305,135 @@ static PyObject *plain_payloads(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---- table blocks ------------------------------------------------------------------- */
+
+/* A block entry's length varint (at most 5 bytes, as block.py reads them) at *p before
+ * end: 1 with the value, 0 when truncated or longer. */
+static int get_varint35(const uint8_t **p, const uint8_t *end, uint64_t *out) {
+    const uint8_t *q = *p;
+    uint64_t v = 0;
+    for (int shift = 0; shift < 35; shift += 7) {
+        if (q >= end) return 0;
+        uint8_t b = *q++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (b < 0x80) { *p = q; *out = v; return 1; }
+    }
+    return 0;
+}
+
+/* Whether key a (na bytes) sorts after key b (nb bytes), bytewise. */
+static int sorts_after(const uint8_t *a, size_t na, const uint8_t *b, size_t nb) {
+    int c = memcmp(a, b, na < nb ? na : nb);
+    return c > 0 || (c == 0 && na > nb);
+}
+
+/* block_items(contents, previous, budget): see the module's Python twin, table.py's
+ * _block_items. Returns (items, last key, budget left), or None for anything the
+ * Python path would refuse (it then reads the block again and names the error). */
+static PyObject *block_items(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    PyObject *previous;
+    long long budget;
+    if (!PyArg_ParseTuple(args, "y*OL:block_items", &view, &previous, &budget)) return NULL;
+    const uint8_t *b = (const uint8_t *)view.buf;
+    Py_ssize_t n = view.len;
+    const uint8_t *prev = NULL;  /* the key before the next one: the caller's, then ours */
+    size_t nprev = 0;
+    if (previous != Py_None) {
+        if (!PyBytes_Check(previous)) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "block_items: previous must be bytes or None");
+            return NULL;
+        }
+        prev = (const uint8_t *)PyBytes_AS_STRING(previous);
+        nprev = (size_t)PyBytes_GET_SIZE(previous);
+    }
+    PyObject *items = NULL, *last = NULL, *out = NULL;
+    uint8_t *key = NULL;
+    size_t nkey = 0, cap = 0;
+    if (n < 4) goto soft;
+    uint32_t restarts = (uint32_t)b[n - 4] | (uint32_t)b[n - 3] << 8 | (uint32_t)b[n - 2] << 16
+                        | (uint32_t)b[n - 1] << 24;
+    if ((uint64_t)restarts > (uint64_t)(n - 4) / 4) goto soft;
+    const uint8_t *p = b, *limit = b + (n - 4 * ((Py_ssize_t)restarts + 1));
+    if ((items = PyList_New(0)) == NULL) goto done;
+    cap = 64;  /* never NULL: an empty key is a key too (the bundle header's) */
+    if ((key = PyMem_Malloc(cap)) == NULL) { PyErr_NoMemory(); goto done; }
+    while (p < limit) {
+        uint64_t shared, non_shared, value_len;
+        if (limit - p >= 3 && p[0] < 0x80 && p[1] < 0x80 && p[2] < 0x80) {
+            shared = p[0]; non_shared = p[1]; value_len = p[2];
+            p += 3;
+        } else if (!get_varint35(&p, limit, &shared) || !get_varint35(&p, limit, &non_shared)
+                   || !get_varint35(&p, limit, &value_len)) {
+            goto soft;
+        }
+        if (shared > nkey || non_shared + value_len > (uint64_t)(limit - p)) goto soft;
+        size_t nnew = (size_t)(shared + non_shared);
+        budget -= (long long)nnew;
+        if (budget < 0) goto soft;
+        if (prev != NULL) {  /* strictly increasing: across blocks too */
+            int after;
+            if (prev == key) {  /* within the block: the new key shares `shared` bytes */
+                after = sorts_after(p, (size_t)non_shared, key + shared, nkey - (size_t)shared);
+            } else {
+                uint8_t *tmp = PyMem_Malloc(nnew ? nnew : 1);
+                if (tmp == NULL) { PyErr_NoMemory(); goto done; }
+                if (shared) memcpy(tmp, key, (size_t)shared);
+                if (non_shared) memcpy(tmp + shared, p, (size_t)non_shared);
+                after = sorts_after(tmp, nnew, prev, nprev);
+                PyMem_Free(tmp);
+            }
+            if (!after) goto soft;
+        }
+        if (nnew > cap) {
+            size_t grown = cap;
+            while (grown < nnew) grown *= 2;
+            uint8_t *k = PyMem_Realloc(key, grown);
+            if (k == NULL) { PyErr_NoMemory(); goto done; }
+            key = k;
+            cap = grown;
+        }
+        if (non_shared) memcpy(key + shared, p, (size_t)non_shared);
+        nkey = nnew;
+        prev = key;
+        nprev = nkey;
+        p += non_shared;
+        PyObject *pair = Py_BuildValue("(y#y#)", (const char *)key, (Py_ssize_t)nkey,
+                                       (const char *)p, (Py_ssize_t)value_len);
+        if (pair == NULL) goto done;
+        int e = PyList_Append(items, pair);
+        Py_DECREF(pair);
+        if (e < 0) goto done;
+        p += value_len;
+    }
+    if (prev == key) {
+        last = PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)nkey);
+    } else {
+        last = previous;
+        Py_INCREF(last);
+    }
+    if (last != NULL) out = Py_BuildValue("(OOL)", items, last, budget);
+    goto done;
+soft:
+    out = Py_None;
+    Py_INCREF(out);
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(last);
+    PyMem_Free(key);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plain_payloads", plain_payloads, METH_VARARGS,
      "plain_payloads(raws, location_type, itemsizes) -> list of locations or None "
      "(see torchckpt.format._fast_entries)"},
+    {"block_items", block_items, METH_VARARGS,
+     "block_items(contents, previous, budget) -> (items, last key, budget left) or None "
+     "(see torchckpt.format.table)"},
     {NULL, NULL, 0, NULL},
 };
 

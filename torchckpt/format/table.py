@@ -31,6 +31,7 @@ from ._coding import (
     put_fixed32,
     put_varint,
 )
+from ._fast_entries import accelerator
 from .block import BlockBuilder, iter_block
 
 BLOCK_SIZE = 256 * 1024  # TF table_options.h block_size (leveldb's own default is 4 KiB)
@@ -256,14 +257,39 @@ def iter_table(buf: bytes | memoryview) -> Iterator[tuple[bytes, bytes]]:
             raise DecodeError(_too_many_key_bytes(budget, len(buf)), footer.index.offset)
         handle, _ = BlockHandle.decode(index, start, end)
         block = bytes(_read_block(buf, handle))
-        for key, vstart, vend in iter_block(block):
-            left -= len(key)
-            if left < 0:
-                raise DecodeError(_too_many_key_bytes(budget, len(buf)), handle.offset)
-            if previous is not None and key <= previous:
-                raise DecodeError("table keys are not in increasing order", handle.offset)
-            previous = key
-            yield key, block[vstart:vend]
+        native = accelerator()
+        found = native.block_items(block, previous, left) if native is not None else None
+        if found is None:  # no C decoder here, or it leaves the block to the checks below
+            found = block_items(block, previous, left, handle.offset,
+                                _too_many_key_bytes(budget, len(buf)))
+        items, previous, left = found
+        yield from items
+
+
+def block_items(block: bytes, previous: bytes | None, left: int, offset: int,
+                too_many: str) -> tuple[list[tuple[bytes, bytes]], bytes | None, int]:
+    """A data block's ``(key, value)`` items, each key after ``previous`` (the table's
+    key before the block); with the last key and what is left of the key-byte budget
+    ``left`` after them. The reference of the C decoder's ``block_items``
+    (``_entries_native.c``), which answers the same or leaves the block to this.
+
+    Why a C twin: opening the index of 50,000 tensors decodes 50,000 entries, ~1 us
+    each here and ~0.1 us there; the format layer's whole restore of them is ~0.3 s.
+
+    Raises:
+        DecodeError: malformed contents (offset inside the block), keys out of order or
+            more key bytes than the budget (message ``too_many``), both at ``offset``.
+    """
+    items = []
+    for key, vstart, vend in iter_block(block):
+        left -= len(key)
+        if left < 0:
+            raise DecodeError(too_many, offset)
+        if previous is not None and key <= previous:
+            raise DecodeError("table keys are not in increasing order", offset)
+        previous = key
+        items.append((key, block[vstart:vend]))
+    return items, previous, left
 
 
 def max_key_bytes(file_size: int) -> int:
