@@ -309,23 +309,23 @@ static void decoder_clear(decoder *d) {
     for (int i = 0; i < RECENT_SLOTS; i++) Py_CLEAR(d->str[i]);
 }
 
-/* A tuple subclass instance (a named tuple) holding the items of tuple `t` (stolen),
- * made as tuple.__new__(type, t) makes it, without a named tuple's Python __new__. */
-static PyObject *as_record(PyTypeObject *type, PyObject *t) {
+/* A new record of tuple subclass `type` (a named tuple) with room for n items, to be set
+ * with PyTuple_SET_ITEM, made as tuple.__new__(type, ...) makes it, without a named
+ * tuple's Python __new__; finish_record makes it whole. */
+static PyObject *new_record(PyTypeObject *type, Py_ssize_t n) {
 #if PY_VERSION_HEX < 0x030E0000
-    /* what tuple_subtype_new does: allocate the subtype, move the items over */
-    Py_ssize_t n = PyTuple_GET_SIZE(t);
-    PyObject *obj = type->tp_alloc(type, n);
-    if (obj != NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *item = PyTuple_GET_ITEM(t, i);
-            Py_INCREF(item);
-            PyTuple_SET_ITEM(obj, i, item);
-        }
-    }
-    Py_DECREF(t);
-    return obj;
-#else  /* newer tuples carry more state: let tuple.__new__ set it up */
+    return type->tp_alloc(type, n);  /* what tuple_subtype_new allocates */
+#else
+    (void)type;
+    return PyTuple_New(n);  /* newer tuples carry more state: tuple.__new__ sets it up */
+#endif
+}
+
+static PyObject *finish_record(PyTypeObject *type, PyObject *t) {
+#if PY_VERSION_HEX < 0x030E0000
+    (void)type;
+    return t;
+#else
     PyObject *call_args = PyTuple_Pack(1, t);
     Py_DECREF(t);
     if (call_args == NULL) return NULL;
@@ -370,7 +370,7 @@ static int decode_record(cursor *c, PyTypeObject *type, int nitems, const int *i
         }
         if (!known && skip(c, wt) < 0) goto fail;
     }
-    PyObject *t = PyTuple_New(nitems);
+    PyObject *t = new_record(type, nitems);
     if (t == NULL) { rc = FAIL_HARD; goto fail; }
     for (int k = 0; k < nitems; k++) {
         PyObject *item = items[k];
@@ -384,7 +384,7 @@ static int decode_record(cursor *c, PyTypeObject *type, int nitems, const int *i
         items[k] = NULL;
         PyTuple_SET_ITEM(t, k, item);
     }
-    *out = as_record(type, t);
+    *out = finish_record(type, t);
     return *out == NULL ? FAIL_HARD : 1;
 fail:
     for (int k = 0; k < 3; k++) Py_XDECREF(items[k]);
@@ -397,19 +397,62 @@ static const int ATTR_INTS[3] = {0, 0, 0}, ATTR_STRS[3] = {1, 3, 2};
 static const int SLOT_INTS[3] = {1, 0, 3}, SLOT_STRS[3] = {0, 2, 0};
 #define ATTR_FULL_NAME 2  /* Attribute.full_name's field number */
 
-/* Append a decoded record to *list (created on first use). */
+/* A node's records of one kind, gathered until they become its tuple: a few in place, more
+ * in a growing array (no list object per node). */
+typedef struct {
+    PyObject *local[4];
+    PyObject **items;
+    Py_ssize_t n, cap;
+} records;
+
+static void records_init(records *r) {
+    r->items = r->local;
+    r->n = 0;
+    r->cap = 4;
+}
+
+/* Append `item` (stolen); -1 with an error set. */
+static int records_push(records *r, PyObject *item) {
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap * 2;
+        PyObject **grown = r->items == r->local
+            ? PyMem_Malloc((size_t)cap * sizeof *grown)
+            : PyMem_Realloc(r->items, (size_t)cap * sizeof *grown);
+        if (grown == NULL) { Py_DECREF(item); PyErr_NoMemory(); return -1; }
+        if (r->items == r->local) memcpy(grown, r->local, (size_t)r->n * sizeof *grown);
+        r->items = grown;
+        r->cap = cap;
+    }
+    r->items[r->n++] = item;
+    return 0;
+}
+
+/* The records as a new tuple (moved into it), or NULL with an error set. */
+static PyObject *records_tuple(records *r) {
+    PyObject *t = PyTuple_New(r->n);
+    if (t != NULL) {
+        for (Py_ssize_t i = 0; i < r->n; i++) PyTuple_SET_ITEM(t, i, r->items[i]);
+        r->n = 0;
+    }
+    return t;
+}
+
+static void records_clear(records *r) {
+    for (Py_ssize_t i = 0; i < r->n; i++) Py_DECREF(r->items[i]);
+    r->n = 0;
+    if (r->items != r->local) PyMem_Free(r->items);
+    r->items = r->local;
+}
+
+/* Append a decoded record to `out`. */
 static int add_record(cursor *c, PyTypeObject *type, int nitems, const int *ints,
-                      const int *strs, int skipped, decoder *d, id_range *ids,
-                      PyObject **list) {
+                      const int *strs, int skipped, decoder *d, id_range *ids, records *out) {
     cursor sub;
     PyObject *rec = NULL;
     if (get_sub(c, &sub) < 0) return FAIL_SOFT;
     int r = decode_record(&sub, type, nitems, ints, strs, skipped, d, ids, &rec);
     if (r <= 0) return r;
-    if (*list == NULL && (*list = PyList_New(0)) == NULL) { Py_DECREF(rec); return FAIL_HARD; }
-    int e = PyList_Append(*list, rec);
-    Py_DECREF(rec);
-    return e < 0 ? FAIL_HARD : 1;
+    return records_push(out, rec) < 0 ? FAIL_HARD : 1;
 }
 
 /* A submessage's string field `want` (RegisteredSaver.name) or BoolValue.value (want 0). */
@@ -435,20 +478,14 @@ static int decode_small(cursor *c, int want, PyObject **name, int *flag) {
     return 1;
 }
 
-static PyObject *as_tuple(PyObject *list) {
-    if (list == NULL) return PyTuple_New(0);
-    PyObject *t = PyList_AsTuple(list);
-    Py_DECREF(list);
-    return t;
-}
-
 /* The attributes of a node object, interned at module init. */
 static PyObject *node_fields[5];
 
 /* One TrackableObject -> a new `node_type` object with the node_fields set, or a soft fail. */
 static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_type,
                        decoder *d, id_range *ids, PyObject **out) {
-    PyObject *lists[3] = {NULL, NULL, NULL};
+    records recs[3];
+    for (int k = 0; k < 3; k++) records_init(&recs[k]);
     PyObject *saver = NULL;
     int flag = -1, r = FAIL_SOFT;
     while (c->p < c->end) {
@@ -458,12 +495,12 @@ static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_typ
         if (get_tag(c, &field, &wt) < 0) goto fail;
         if (field >= 1 && field <= 5 && wt != 2) goto fail;
         switch (field) {
-        case 1: r = add_record(c, types[0], 2, CHILD_INTS, CHILD_STRS, 0, d, ids, &lists[0]);
+        case 1: r = add_record(c, types[0], 2, CHILD_INTS, CHILD_STRS, 0, d, ids, &recs[0]);
                 break;
         case 2: r = add_record(c, types[1], 3, ATTR_INTS, ATTR_STRS,
-                               d->full_names ? 0 : ATTR_FULL_NAME, d, ids, &lists[1]);
+                               d->full_names ? 0 : ATTR_FULL_NAME, d, ids, &recs[1]);
                 break;
-        case 3: r = add_record(c, types[2], 3, SLOT_INTS, SLOT_STRS, 0, d, ids, &lists[2]);
+        case 3: r = add_record(c, types[2], 3, SLOT_INTS, SLOT_STRS, 0, d, ids, &recs[2]);
                 break;
         case 4: r = decode_small(c, 1, &saver, &flag); break;
         case 5: if (flag < 0) flag = 0;  /* present: false unless its value says true */
@@ -474,8 +511,8 @@ static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_typ
     }
     PyObject *values[5] = {NULL, NULL, NULL, NULL, NULL};
     for (int k = 0; k < 3; k++) {
-        values[k] = as_tuple(lists[k]);
-        lists[k] = NULL;
+        values[k] = records_tuple(&recs[k]);
+        records_clear(&recs[k]);
     }
     values[3] = flag < 0 ? Py_None : flag ? Py_True : Py_False;
     Py_INCREF(values[3]);
@@ -491,7 +528,7 @@ static int decode_node(cursor *c, PyTypeObject *types[3], PyTypeObject *node_typ
     *out = node;
     return 1;
 fail:
-    for (int k = 0; k < 3; k++) Py_XDECREF(lists[k]);
+    for (int k = 0; k < 3; k++) records_clear(&recs[k]);
     Py_XDECREF(saver);
     return r;
 }
