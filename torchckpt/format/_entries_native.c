@@ -439,7 +439,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_entries_native",
-    "Payload locations of plain bundle entries in C (see torchckpt/format/_fast_entries.py).",
+    "Payload locations of plain bundle entries and table block items in C (see "
+    "torchckpt/format/_fast_entries.py and table.py).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
