@@ -257,16 +257,12 @@ class RestoreSession:
                 if now and var_id in waiting:
                     late.append(var_id)
             if now and var_id not in waiting:
-                queued.append(slot)  # _queue_slot
+                queued.append(slot)  # read with the others of this pass
             else:
                 pending[slot.slot_variable_node_id] = var_id
                 waiting.setdefault(var_id, []).append((opt_id, slot))
         for var_id in late:
             self._restore_ready_slots(var_id)
-
-    def _queue_slot(self, opt_id: int, slot: SlotRef) -> None:
-        """A ready slot: read with the others of this pass (:meth:`_land_batched`)."""
-        self._slots.setdefault(opt_id, []).append(slot)
 
     def _apply_values(self, node_id: int, adapter: Adapter, node: GraphNode) -> None:
         """Hand a node's saved values to its adapter. Values no torch object can take (a
@@ -399,7 +395,8 @@ class RestoreSession:
 
     def _queue_waiting_slots(self, var_id: int) -> None:
         """Queue the slots waiting for variable ``var_id``, which is visited and holds real
-        data, those of visited optimizers (:meth:`_queue_slot`)."""
+        data, those of visited optimizers, to be read with the others of this pass
+        (:meth:`_land_batched`)."""
         waiting = self._slot_waiting[var_id]
         adapters = self._adapters
         if all(opt_id in adapters for opt_id, _ in waiting):  # the usual case: one optimizer
@@ -410,7 +407,7 @@ class RestoreSession:
             self._slot_waiting[var_id] = [w for w in waiting if w[0] not in adapters]
         slots = self._slots
         for opt_id, slot in ready:
-            slots.setdefault(opt_id, []).append(slot)  # _queue_slot
+            slots.setdefault(opt_id, []).append(slot)
 
     def _restore_slot(self, opt_id: int, var_id: int, slot: SlotRef, key: str) -> None:
         """A slot through its optimizer's adapter: checks, converts, reports."""

@@ -174,7 +174,7 @@ def plan_save(root: Any, registry: AdapterRegistry = default_registry) -> SavePl
             else:
                 tensors.append((key, value))
         attributes[i] = records
-    children: list[Sequence[tuple[int, str]]] = walk.edges  # type: ignore[assignment]
+    children = walk.edges
     for i, adapter in enumerate(adapters):
         if adapter is None or type(adapter) is TensorAdapter:
             continue

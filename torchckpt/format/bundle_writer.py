@@ -67,6 +67,13 @@ def _plain_head(dtype: int, shape: Sequence[int]) -> tuple[int, tuple[int, ...],
     return fixed[0], shape, math.prod(shape) * fixed[1]
 
 
+def _check_size(k: bytes, n: int, head: tuple[int, tuple[int, ...], int]) -> None:
+    """Refuse ``n`` payload bytes for key ``k`` unless they are what ``head``
+    (:func:`_plain_head`) needs."""
+    if n != head[2]:
+        raise ValueError(f"{k!r}: {n} bytes for shape {head[1]} of {_FIXED[head[0]][2]}")
+
+
 def _numel(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
@@ -295,9 +302,7 @@ class BundleWriter:
                 head = heads.get(known)  # (dtype, shape, nbytes), checked once per pair
                 if head is None:
                     head = heads[known] = _plain_head(dtype, shape)
-                if n != head[2]:
-                    raise ValueError(f"{k!r}: {n} bytes for shape {head[1]} of "
-                                     f"{_FIXED[head[0]][2]}")
+                _check_size(k, n, head)
                 if n >= _DIRECT_BYTES:  # after the batch before it: add_many's file order
                     self._add_gathered(batch, f, shard)
                     batch, held = {}, 0
@@ -329,16 +334,12 @@ class BundleWriter:
 
     def _add(self, k: bytes, data: object, dtype: int, shape: Sequence[int], f: _DataFile,
              shard: int) -> BundleEntry:
-        shape = tuple(map(int, shape))
-        fixed = _FIXED.get(dtype)
-        if fixed is None:
-            raise ValueError(f"dtype {dtype} is not a fixed-width TensorFlow dtype")
+        head = _plain_head(dtype, shape)
         buf = memoryview(data)  # type: ignore[arg-type]  # writev and crc32c take any layout
         if not buf.c_contiguous:
             raise ValueError("tensor data must be C-contiguous")
         n = buf.nbytes
-        if n != math.prod(shape) * fixed[1]:
-            raise ValueError(f"{k!r}: {n} bytes for shape {shape} of {fixed[2]}")
+        _check_size(k, n, head)
         if n >= _DIRECT_BYTES:
             offset, crc = f.write_direct(buf, self._helper)
         else:
@@ -346,7 +347,7 @@ class BundleWriter:
             offset = f.append(buf)
         # _crc32c.mask, inlined: this line runs once per tensor
         crc = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _crc32c.MASK_DELTA) & 0xFFFFFFFF
-        entry = plain_entry(fixed[0], shape, shard, offset, n, crc)
+        entry = plain_entry(head[0], head[1], shard, offset, n, crc)
         self._entries[k] = entry
         return entry
 
@@ -364,14 +365,10 @@ class BundleWriter:
                 nothing is recorded for ``key`` then.
         """
         k = self._claim(key)
-        fixed = _FIXED.get(dtype)
-        if fixed is None:
-            raise ValueError(f"dtype {dtype} is not a fixed-width TensorFlow dtype")
-        shape = tuple(map(int, shape))
+        head = _plain_head(dtype, shape)
         offset, n, crc = self._file(shard).write_chunks(chunks, self._helper)  # type: ignore[arg-type]
-        if n != math.prod(shape) * fixed[1]:
-            raise ValueError(f"{k!r}: {n} bytes for shape {shape} of {fixed[2]}")
-        entry = plain_entry(fixed[0], shape, shard, offset, n, _crc32c.mask(crc))
+        _check_size(k, n, head)
+        entry = plain_entry(head[0], head[1], shard, offset, n, _crc32c.mask(crc))
         self._entries[k] = entry
         return entry
 

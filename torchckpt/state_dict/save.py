@@ -68,9 +68,6 @@ def save_state_dict(obj: Any, prefix: str | os.PathLike[str], *, sync: bool = Tr
     return prefix
 
 
-_STRIDED = torch.strided
-
-
 def _write(prefix: str, encoder: _Encoder, text: str, *, sync: bool) -> None:
     writer = BundleWriter(prefix, data_alignment=_ALIGNMENT, sync=sync)
     try:
@@ -80,6 +77,9 @@ def _write(prefix: str, encoder: _Encoder, text: str, *, sync: bool) -> None:
     except BaseException:
         writer.abort()
         raise
+
+
+_STRIDED = torch.strided
 
 
 class _Encoder:
@@ -120,7 +120,7 @@ class _Encoder:
         if depth > MAX_DEPTH:
             raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
         pairs: list[list[Any]] = []
-        append, tensor, encode, nodes = pairs.append, self._tensor, self.encode, self.nodes
+        append, tensor, encode = pairs.append, self._tensor, self.encode
         for k, v in value.items():
             tk = type(k)
             if tk is not str and tk is not int:
@@ -132,16 +132,6 @@ class _Encoder:
                 continue
             name = escape_local_name(k if tk is str else str(k))
             child = name if path is None else f"{path}/{name}"
-            if tv is torch.Tensor:  # a state dict's tensors: _tensor's checks, in one line
-                node = nodes.get(id(v))
-                if node is None and v.layout is _STRIDED and v.dtype in self.dtypes:
-                    key = child + _KEY_SUFFIX
-                    if key not in self.tensors:
-                        self.tensors[key] = v
-                        node = nodes[id(v)] = {"tensor": key}
-                if node is not None:
-                    append([k, node])
-                    continue
             try:
                 append([k, tensor(v, child) if tv is torch.Tensor
                         else encode(v, child, depth + 1)])
@@ -179,11 +169,13 @@ class _Encoder:
         if cls is not torch.Tensor and cls is not torch.nn.Parameter:
             raise _Refused(f"tensor subclass {cls.__qualname__} cannot be saved as a plain "
                            "tensor; save its plain value instead")
-        if t.layout is not torch.strided:
+        if t.layout is not _STRIDED:
             raise _Refused(f"a {t.layout} tensor cannot be saved; convert it to a dense tensor")
         if t.dtype not in self.dtypes:
             self._check_dtype(t)
-        key = self._new_key(path)
+        key = path + _KEY_SUFFIX
+        if key in self.tensors:  # "0" the str key and 0 the int key share a path
+            key = self._new_key(path)
         self.tensors[key] = t
         if cls is torch.nn.Parameter:
             node = {"parameter": key, "requires_grad": bool(t.requires_grad)}
@@ -206,7 +198,7 @@ class _Encoder:
     def _new_key(self, base: str) -> str:
         key = base + _KEY_SUFFIX
         n = 0
-        while key in self.tensors:  # "0" the str key and 0 the int key share a path
+        while key in self.tensors:
             n += 1
             key = format_key(base, f"{VARIABLE_VALUE_KEY}_{n}")
         return key
